@@ -1,0 +1,475 @@
+// lowrank-compare: which decomposition should I use for this matrix?
+//
+// Runs the exact SVD, its peers and lowrank's randomized SVDs on one matrix and
+// prints a table, one row per method: time, relative Frobenius error, error
+// over the Eckart-Young optimum, relative error of s_1 and s_k, and speed-up
+// over the exact SVD (Eigen's BDCSVD). The input is a generated matrix with a
+// power-law spectrum like a trained weight's (the default), or a 2-D .npy file.
+//
+//   lowrank-compare                          # 2048 x 2048 float, rank 64
+//   lowrank-compare --npy W.npy --rank 128 --json result.json
+
+#include <Eigen/SVD>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <lowrank/io/npy.hpp>
+#include <lowrank/lowrank.hpp>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+
+#if LOWRANK_COMPARE_HAVE_SPECTRA
+#include <Spectra/contrib/PartialSVDSolver.h>
+#endif
+
+namespace {
+
+using lowrank::index_t;
+namespace fs = std::filesystem;
+
+constexpr const char* usage = R"(usage: lowrank-compare [options]
+
+Compares decompositions of one matrix: time, relative Frobenius error, error
+over the Eckart-Young optimum, relative error of s_1 and s_k, speed-up over the
+exact SVD.
+
+input (default: a generated N x N float32 matrix, U diag(s) V^T with Haar
+random U, V and the power law s_i = i^(-1/2) of a trained weight's spectrum):
+  --npy FILE        a 2-D float32 or float64 .npy file (C or Fortran order)
+  --size N          size of the generated matrix (default 2048)
+options:
+  --rank K          the rank to compare at (default 64)
+  --tolerance T     relative error for the fixed-accuracy row (default: the
+                    optimal rank-K error times 1.02)
+  --threads N       lowrank's threads (default: all cores)
+  --repeat R        time each method R times, keep the fastest (default 1)
+  --skip-exact      skip Eigen's BDCSVD (slow on large inputs); the optimum
+                    then comes from LAPACK's gesdd when linked
+  --json FILE       also write the results as JSON
+  --help            this text
+)";
+
+struct options {
+  std::optional<fs::path> npy;
+  index_t size = 2048;
+  index_t rank = 64;
+  double tolerance = 0;
+  int threads = lowrank::context<lowrank::cpu>::default_threads();
+  int repeat = 1;
+  bool skip_exact = false;
+  std::optional<fs::path> json;
+};
+
+[[noreturn]] void fail_usage(const std::string& message) {
+  std::fprintf(stderr, "lowrank-compare: %s\n\n%s", message.c_str(), usage);
+  std::exit(2);
+}
+
+long parse_integer(const std::string& flag, const char* text, long low) {
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || value < low) {
+    fail_usage(flag + " expects an integer >= " + std::to_string(low) + ", not '" + text + "'");
+  }
+  return value;
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) fail_usage(flag + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(usage, stdout);
+      std::exit(0);
+    } else if (flag == "--npy") {
+      o.npy = value();
+    } else if (flag == "--size") {
+      o.size = parse_integer(flag, value(), 2);
+    } else if (flag == "--rank") {
+      o.rank = parse_integer(flag, value(), 1);
+    } else if (flag == "--tolerance") {
+      const char* text = value();
+      char* end = nullptr;
+      o.tolerance = std::strtod(text, &end);
+      if (end == text || *end != '\0' || !(o.tolerance > 0 && o.tolerance < 1)) {
+        fail_usage("--tolerance expects a number in (0, 1), not '" + std::string(text) + "'");
+      }
+    } else if (flag == "--threads") {
+      o.threads = static_cast<int>(parse_integer(flag, value(), 1));
+    } else if (flag == "--repeat") {
+      o.repeat = static_cast<int>(parse_integer(flag, value(), 1));
+    } else if (flag == "--skip-exact") {
+      o.skip_exact = true;
+    } else if (flag == "--json") {
+      o.json = value();
+    } else {
+      fail_usage("unknown option '" + flag + "'");
+    }
+  }
+  return o;
+}
+
+/// OpenBLAS's thread count, when the BLAS is OpenBLAS (found at run time).
+/// Each method runs in its best configuration: peers on a multi-threaded
+/// BLAS, lowrank on its own threads over a single-threaded BLAS.
+class blas_threads {
+ public:
+  blas_threads() {
+#if defined(__unix__) || defined(__APPLE__)
+    set_ = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    get_ = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+#endif
+    initial_ = get_ != nullptr ? get_() : 1;
+  }
+  [[nodiscard]] bool openblas() const { return set_ != nullptr && get_ != nullptr; }
+  [[nodiscard]] int initial() const { return initial_; }
+  void set(int n) const {
+    if (set_ != nullptr) set_(n);
+  }
+
+ private:
+  void (*set_)(int) = nullptr;
+  int (*get_)() = nullptr;
+  int initial_ = 1;
+};
+
+struct result_row {
+  std::string method;
+  index_t rank = 0;
+  double seconds = 0;
+  double relative_error = 0;
+  std::optional<double> over_optimum;
+  std::optional<double> s1_error;
+  std::optional<double> sk_error;
+  std::optional<double> speedup;
+};
+
+template <class T>
+using dense = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+template <class T>
+using column = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+/// The best of `repeat` timings of f, which returns the factorisation.
+template <class F>
+auto timed(int repeat, double& seconds, F&& f) {
+  using clock = std::chrono::steady_clock;
+  auto start = clock::now();
+  auto result = f();
+  seconds = std::chrono::duration<double>(clock::now() - start).count();
+  for (int r = 1; r < repeat; ++r) {
+    start = clock::now();
+    result = f();
+    seconds = std::min(seconds, std::chrono::duration<double>(clock::now() - start).count());
+  }
+  return result;
+}
+
+/// The generated input: U diag(s) V^T with Haar-random U, V (orthonormalised
+/// Philox Gaussians) and s_i = i^(-1/2), the rank-ordered form of a power-law
+/// eigenvalue density with exponent 2, as measured on trained layers (Martin &
+/// Mahoney, "Implicit self-regularization in deep neural networks", 2021).
+dense<float> generated_matrix(lowrank::context<lowrank::cpu>& ctx, index_t n,
+                              column<double>& spectrum) {
+  using ops = lowrank::ops<lowrank::cpu>;
+  spectrum.resize(n);
+  for (index_t i = 0; i < n; ++i) spectrum(i) = 1.0 / std::sqrt(double(i + 1));
+  dense<float> u(n, n);
+  dense<float> v(n, n);
+  dense<float> r(n, n);
+  ops::fill_random(ctx, lowrank::distribution::gaussian, {2048, 1}, lowrank::view(u));
+  ops::fill_random(ctx, lowrank::distribution::gaussian, {2048, 2}, lowrank::view(v));
+  ops::householder_orthonormalize(ctx, lowrank::view(u), lowrank::view(r));
+  ops::householder_orthonormalize(ctx, lowrank::view(v), lowrank::view(r));
+  const dense<float> us = u * spectrum.cast<float>().asDiagonal();
+  dense<float> a(n, n);
+  ops::gemm<float>(ctx, lowrank::transpose::no, lowrank::transpose::yes, 1.0f, lowrank::view(us),
+                   lowrank::view(std::as_const(v)), 0.0f, lowrank::view(a));
+  return a;
+}
+
+template <class T>
+class comparison {
+ public:
+  comparison(const dense<T>& a, const options& o, const blas_threads& blas)
+      : a_(a), o_(o), blas_(blas), ctx_(o.threads) {
+    norm_ = std::sqrt(lowrank::ops<lowrank::cpu>::squared_norm(ctx_, lowrank::view(a_)));
+  }
+
+  /// Uses a known spectrum as the reference (the generated input).
+  void set_reference(column<double> s) { reference_ = std::move(s); }
+
+  std::vector<result_row> run() {
+    const index_t k = o_.rank;
+    const int steps = 6;
+    int step = 0;
+    auto progress = [&](const char* what) {
+      std::fprintf(stderr, "[%d/%d] %s ...\n", ++step, steps, what);
+    };
+    auto peers = [&] { blas_.set(std::max(blas_.initial(), o_.threads)); };
+    auto ours = [&] { blas_.set(1); };
+
+    if (!o_.skip_exact) {
+      progress("exact SVD (Eigen BDCSVD)");
+      peers();
+      double seconds = 0;
+      const auto svd = timed(o_.repeat, seconds, [&] {
+        return Eigen::BDCSVD<dense<T>>(a_, Eigen::ComputeThinU | Eigen::ComputeThinV);
+      });
+      if (!reference_) reference_ = svd.singularValues().template cast<double>();
+      exact_seconds_ = seconds;
+      add("exact: Eigen BDCSVD", seconds, svd.matrixU().leftCols(k), svd.singularValues().head(k),
+          svd.matrixV().leftCols(k));
+    } else {
+      ++step;
+    }
+#if LOWRANK_HAS_LAPACK
+    progress("exact SVD (LAPACK gesdd, lowrank::truncated_svd)");
+    peers();
+    {
+      // The whole thin SVD, as lowrank::truncated_svd computes it; its values
+      // are the reference when BDCSVD was skipped.
+      const index_t r = std::min(a_.rows(), a_.cols());
+      dense<T> u(a_.rows(), r);
+      dense<T> v(a_.cols(), r);
+      column<T> s(r);
+      double seconds = 0;
+      timed(o_.repeat, seconds, [&] {
+        lowrank::ops<lowrank::cpu>::svd<T>(ctx_, lowrank::view(a_), lowrank::view(u),
+                                           lowrank::vector_view<T, lowrank::cpu>(s.data(), r),
+                                           lowrank::view(v));
+        return 0;
+      });
+      if (!reference_) reference_ = s.template cast<double>();
+      add("exact: LAPACK gesdd", seconds, u.leftCols(k), s.head(k), v.leftCols(k));
+    }
+#else
+    ++step;
+#endif
+#if LOWRANK_COMPARE_HAVE_SPECTRA
+    progress("Spectra PartialSVDSolver (Lanczos)");
+    peers();
+    {
+      const index_t ncv = std::min(std::max<index_t>(2 * k + 1, 20), std::min(a_.rows(), a_.cols()));
+      double seconds = 0;
+      struct factors {
+        dense<T> u, v;
+        column<T> s;
+      };
+      const auto f = timed(o_.repeat, seconds, [&] {
+        Spectra::PartialSVDSolver<dense<T>> solver(a_, k, ncv);
+        solver.compute(1000, T(1e-6));
+        return factors{solver.matrix_U(k), solver.matrix_V(k), solver.singular_values()};
+      });
+      add("Spectra PartialSVDSolver", seconds, f.u, f.s, f.v);
+    }
+#else
+    ++step;
+#endif
+    progress("lowrank::randomized_svd, q = 0, 1, 2");
+    ours();
+    for (const index_t q : {0, 1, 2}) {
+      double seconds = 0;
+      const auto r = timed(o_.repeat, seconds, [&] {
+        return lowrank::randomized_svd(ctx_, lowrank::view(a_), k,
+                                       {.oversampling = 10, .power_iterations = q});
+      });
+      add("lowrank randomized q=" + std::to_string(q), seconds, r.u, r.s, r.v);
+    }
+    ++step;
+    progress("lowrank::randomized_svd, fixed accuracy");
+    {
+      double tolerance = o_.tolerance;
+      if (tolerance == 0 && reference_) tolerance = 1.02 * optimal_error(k) / norm_;
+      if (tolerance == 0) tolerance = 0.1;
+      tolerance = std::clamp(tolerance, 1e-6, 0.99);
+      double seconds = 0;
+      const auto r = timed(o_.repeat, seconds, [&] {
+        return lowrank::randomized_svd(ctx_, lowrank::view(a_),
+                                       lowrank::tolerance{.relative_error = tolerance});
+      });
+      char name[64];
+      std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
+      add(name, seconds, r.u, r.s, r.v);
+    }
+    blas_.set(blas_.initial());
+    return rows_;
+  }
+
+  [[nodiscard]] double norm() const { return norm_; }
+
+ private:
+  /// sqrt(sum_{i > k} s_i^2) from the reference spectrum (whose tail beyond
+  /// its length, if any, is read from ||A||_F).
+  [[nodiscard]] double optimal_error(index_t k) const {
+    const double kept = reference_->head(std::min<index_t>(k, reference_->size())).squaredNorm();
+    return std::sqrt(std::max(norm_ * norm_ - kept, 0.0));
+  }
+
+  template <class U, class S, class V>
+  void add(std::string name, double seconds, const U& u, const S& s, const V& v) {
+    const index_t k = s.size();
+    // ||A - U diag(s) V^T||_F, the product in T, the norm accumulated in double.
+    dense<T> residual = a_;
+    const dense<T> us = u * s.asDiagonal();
+    lowrank::ops<lowrank::cpu>::gemm<T>(ctx_, lowrank::transpose::no, lowrank::transpose::yes, T(-1),
+                                        lowrank::view(us), lowrank::view(v), T(1),
+                                        lowrank::view(residual));
+    result_row row;
+    row.method = std::move(name);
+    row.rank = k;
+    row.seconds = seconds;
+    const double error = std::sqrt(lowrank::ops<lowrank::cpu>::squared_norm(ctx_, lowrank::view(residual)));
+    row.relative_error = error / norm_;
+    if (reference_ && k > 0) {
+      const double optimum = optimal_error(k);
+      if (optimum > 0) row.over_optimum = error / optimum;
+      const double s1 = (*reference_)(0);
+      const double sk = (*reference_)(std::min<index_t>(k, reference_->size()) - 1);
+      row.s1_error = std::abs(double(s(0)) - s1) / s1;
+      if (k <= reference_->size() && sk > 0) row.sk_error = std::abs(double(s(k - 1)) - sk) / sk;
+    }
+    if (exact_seconds_ > 0) row.speedup = exact_seconds_ / seconds;
+    rows_.push_back(std::move(row));
+  }
+
+  const dense<T>& a_;
+  const options& o_;
+  const blas_threads& blas_;
+  lowrank::context<lowrank::cpu> ctx_;
+  double norm_ = 0;
+  double exact_seconds_ = 0;
+  std::optional<column<double>> reference_;
+  std::vector<result_row> rows_;
+};
+
+std::string cell(const std::optional<double>& value, const char* format) {
+  if (!value) return "n/a";
+  char text[32];
+  std::snprintf(text, sizeof text, format, *value);
+  return text;
+}
+
+void print_table(const std::vector<result_row>& rows) {
+  std::printf("%-28s %6s %10s %10s %10s %10s %10s %9s\n", "method", "rank", "time [s]", "rel. error",
+              "err / opt", "s_1 error", "s_k error", "speed-up");
+  for (const auto& r : rows) {
+    std::printf("%-28s %6ld %10.4f %10.6f %10s %10s %10s %9s\n", r.method.c_str(), long(r.rank),
+                r.seconds, r.relative_error, cell(r.over_optimum, "%.4f").c_str(),
+                cell(r.s1_error, "%.2e").c_str(), cell(r.sk_error, "%.2e").c_str(),
+                cell(r.speedup, "%.1fx").c_str());
+  }
+}
+
+void write_json(const fs::path& file, const nlohmann::json& document) {
+  // Write a temporary next to the target, then rename it over the target.
+  const fs::path temporary = file.string() + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << document.dump(2) << '\n';
+    if (!out) {
+      std::error_code ignored;
+      fs::remove(temporary, ignored);
+      throw std::runtime_error("cannot write '" + file.string() + "'");
+    }
+  }
+  fs::rename(temporary, file);
+}
+
+template <class T>
+int compare(const dense<T>& a, const options& o, const std::string& input,
+            const std::optional<column<double>>& known_spectrum) {
+  if (o.rank > std::min(a.rows(), a.cols())) {
+    fail_usage("--rank " + std::to_string(o.rank) + " exceeds min(m, n) = " +
+               std::to_string(std::min(a.rows(), a.cols())));
+  }
+  const blas_threads blas;
+  comparison<T> c(a, o, blas);
+  if (known_spectrum) c.set_reference(*known_spectrum);
+  std::printf("input: %s, %ld x %ld %s, ||A||_F = %.6g\n", input.c_str(), long(a.rows()),
+              long(a.cols()), std::is_same_v<T, float> ? "float32" : "float64", c.norm());
+  std::printf("threads: lowrank %d over a single-threaded BLAS; peers on %s\n", o.threads,
+              blas.openblas() ? ("OpenBLAS with " + std::to_string(std::max(blas.initial(), o.threads)) +
+                                 " threads").c_str()
+                              : "the linked BLAS (or Eigen)");
+  const auto rows = c.run();
+  print_table(rows);
+
+  if (o.json) {
+    nlohmann::json document;
+    document["input"] = {{"description", input},
+                         {"rows", a.rows()},
+                         {"cols", a.cols()},
+                         {"dtype", std::is_same_v<T, float> ? "float32" : "float64"},
+                         {"frobenius_norm", c.norm()}};
+    document["rank"] = o.rank;
+    document["threads"] = o.threads;
+    document["lowrank_version"] = std::to_string(lowrank::version_major) + "." +
+                                  std::to_string(lowrank::version_minor) + "." +
+                                  std::to_string(lowrank::version_patch);
+    auto& methods = document["methods"] = nlohmann::json::array();
+    for (const auto& r : rows) {
+      auto optional = [](const std::optional<double>& v) -> nlohmann::json {
+        return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+      };
+      methods.push_back({{"method", r.method},
+                         {"rank", r.rank},
+                         {"seconds", r.seconds},
+                         {"relative_error", r.relative_error},
+                         {"error_over_optimum", optional(r.over_optimum)},
+                         {"s1_relative_error", optional(r.s1_error)},
+                         {"sk_relative_error", optional(r.sk_error)},
+                         {"speedup_over_exact", optional(r.speedup)}});
+    }
+    write_json(*o.json, document);
+    std::fprintf(stderr, "wrote %s\n", o.json->string().c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const options o = parse(argc, argv);
+  try {
+    if (o.npy) {
+      // The header decides the precision; the full read validates the rest.
+      std::ifstream in(*o.npy, std::ios::binary);
+      std::vector<char> head(1 << 16);
+      in.read(head.data(), static_cast<std::streamsize>(head.size()));
+      head.resize(static_cast<std::size_t>(in.gcount()));
+      const bool float64 =
+          in.gcount() > 0 &&
+          lowrank::io::parse_npy_header(std::span(reinterpret_cast<const std::byte*>(head.data()),
+                                                  head.size()))
+                  .dtype == lowrank::io::npy_dtype::float64;
+      const std::string input = o.npy->string();
+      if (float64) {
+        return compare<double>(lowrank::io::read_npy<double>(*o.npy), o, input, std::nullopt);
+      }
+      return compare<float>(lowrank::io::read_npy<float>(*o.npy), o, input, std::nullopt);
+    }
+    std::fprintf(stderr, "generating the %ld x %ld input ...\n", long(o.size), long(o.size));
+    lowrank::context<lowrank::cpu> ctx(o.threads);
+    column<double> spectrum;
+    const dense<float> a = generated_matrix(ctx, o.size, spectrum);
+    return compare<float>(a, o, "generated, s_i = i^(-1/2)", spectrum);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lowrank-compare: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,72 @@
+#pragma once
+/// @file
+/// Concepts constraining lowrank's templates.
+///
+/// - `scalar<T>`: the element types the algorithms support (float, double).
+/// - `backend_for<Backend, T>`: `ops<Backend>` provides, for element type T,
+///   every operation the decompositions use. Each backend `static_assert`s it
+///   where its ops are defined; a missing operation is a compile error, never a
+///   run-time "not implemented".
+
+#include <concepts>
+#include <cstdint>
+
+#include "lowrank/core/backend.hpp"
+#include "lowrank/core/matrix.hpp"
+#include "lowrank/core/matrix_view.hpp"
+#include "lowrank/random/philox.hpp"
+
+namespace lowrank {
+
+/// The floating-point types lowrank computes in.
+template <class T>
+concept scalar = std::same_as<T, float> || std::same_as<T, double>;
+
+/// The operation table of `Backend` covers element type `T`.
+///
+/// Shapes and semantics (all matrices column-major views of the backend's memory):
+/// - `gemm(ctx, ta, tb, alpha, a, b, beta, c)`: C = alpha op(A) op(B) + beta C
+///   (beta = 0 ignores C's previous content, NaN included);
+/// - `gram(ctx, a, c)`: the lower triangle of C = A^T A (A m x n, C n x n);
+/// - `multiply_right(ctx, r, y)`: Y = Y R in place (Y m x n, R n x n);
+/// - `householder_orthonormalize(ctx, y, r)`: Householder QR Y = Q R of Y
+///   (m x n, m >= n): Y becomes the thin Q, r (n x n) receives R; always
+///   succeeds, rank-deficient input included;
+/// - `svd(ctx, a, u, s, v)`: thin SVD A = U diag(s) V^T, A m x n, r = min(m, n),
+///   U m x r, s r (descending, >= 0), V n x r; throws numerical_error if it
+///   does not converge;
+/// - `fill_random(ctx, d, stream, x, row0, col0)`: X = the block at (row0,
+///   col0) of the random matrix of `stream` (random/philox.hpp);
+/// - `fill`, `copy`, `scale_columns` (X = X diag(d)), `squared_norm` (||X||_F^2
+///   accumulated in double), `column_squared_norms`, `find_non_finite` (the
+///   column-major linear index of the first non-finite entry, or -1),
+///   `signs_of_largest` (per column, the sign of its largest-magnitude entry,
+///   the first one on ties, +1 for a zero column);
+/// - `download(ctx, src, dst)` / `upload(ctx, src, dst)`: copies between the
+///   backend's memory and host views (synchronous).
+template <class Backend, class T>
+concept backend_for =
+    scalar<T> && requires(context<Backend>& ctx, matrix_view<T, Backend> x,
+                          matrix_view<const T, Backend> cx, vector_view<T, Backend> v,
+                          vector_view<const T, Backend> cv, matrix_view<T, cpu> hx,
+                          matrix_view<const T, cpu> chx, T alpha, index_t i, random_stream s) {
+      ops<Backend>::gemm(ctx, transpose::no, transpose::yes, alpha, cx, cx, alpha, x);
+      ops<Backend>::gram(ctx, cx, x);
+      ops<Backend>::multiply_right(ctx, cx, x);
+      ops<Backend>::householder_orthonormalize(ctx, x, x);
+      ops<Backend>::svd(ctx, cx, x, v, x);
+      ops<Backend>::fill_random(ctx, distribution::gaussian, s, x, i, i);
+      ops<Backend>::fill(ctx, x, alpha);
+      ops<Backend>::copy(ctx, cx, x);
+      ops<Backend>::scale_columns(ctx, cv, x);
+      { ops<Backend>::squared_norm(ctx, cx) } -> std::same_as<double>;
+      ops<Backend>::column_squared_norms(ctx, cx, v);
+      { ops<Backend>::find_non_finite(ctx, cx) } -> std::same_as<index_t>;
+      ops<Backend>::signs_of_largest(ctx, cx, v);
+      ops<Backend>::download(ctx, cx, hx);
+      ops<Backend>::upload(ctx, chx, x);
+      matrix<T, Backend>(ctx, i, i);
+      vector<T, Backend>(ctx, i);
+    };
+
+}  // namespace lowrank

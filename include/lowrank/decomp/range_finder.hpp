@@ -1,0 +1,117 @@
+#pragma once
+/// @file
+/// The randomized range finder with power (subspace) iterations:
+/// Halko, Martinsson, Tropp, "Finding structure with randomness", SIAM Review
+/// 2011, Algorithms 4.3 / 4.4.
+///
+/// Q = orth((A A^T)^q A Omega), Omega an n x l standard Gaussian matrix drawn
+/// from Philox (random/philox.hpp), re-orthonormalising after every product
+/// (Algorithm 4.4). The intermediate orthonormalisations are single CholQR
+/// passes (a well-conditioned basis is all the iteration needs); the last one
+/// is CholQR2, so Q^T Q = I to working precision (decomp/orthonormalize.hpp).
+///
+/// Shapes: A is m x n, Q is m x l, 1 <= l <= min(m, n).
+/// Cost: 2q + 1 products with A or A^T (2 m n l flops each) and 2q + 2
+/// orthonormalisation passes (2 m l^2 or 2 n l^2 flops each).
+/// Memory: the output plus an n x l sketch.
+/// Guarantee (HMT Theorem 10.7 for q = 0, Corollary 10.10 for q > 0): with
+/// l = k + p, E||A - Q Q^T A||_F <= (1 + k / (p - 1))^{1/2} (sum_{j>k} s_j^2)^{1/2}
+/// for q = 0, and the power iterations drive the error towards s_{k+1} at the
+/// rate (s_{k+1} / s_k)^{2q+1}.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "lowrank/core/concepts.hpp"
+#include "lowrank/core/eigen.hpp"
+#include "lowrank/core/error.hpp"
+#include "lowrank/core/matrix.hpp"
+#include "lowrank/core/matrix_view.hpp"
+#include "lowrank/decomp/detail/common.hpp"
+#include "lowrank/decomp/orthonormalize.hpp"
+#include "lowrank/random/philox.hpp"
+
+namespace lowrank {
+
+/// Options of `range_finder`.
+struct range_finder_options {
+  index_t power_iterations = 2;  ///< q >= 0
+  std::uint64_t seed = 0;      ///< Omega is the Gaussian matrix of random_stream{seed, 0}
+};
+
+namespace detail {
+
+/// Y = orth((M M^T)^q M Omega) with Omega (M.cols() x l) the Gaussian matrix
+/// of `stream`, drawn into Z; Z is workspace (M.cols() x l) afterwards. With
+/// `c` given, the last CholQR pass is deferred (see detail::orthonormalize):
+/// Y C is the orthonormal basis.
+/// @throws lowrank::numerical_error if A holds a non-finite entry (found
+/// through the first product, which it would poison).
+template <class T, class Backend>
+void subspace_iteration(context<Backend>& ctx, const oriented_operator<T, Backend>& m,
+                        random_stream stream, index_t q, matrix_view<T, Backend> y,
+                        matrix_view<T, Backend> z, const char* function,
+                        Eigen::MatrixXd* c = nullptr) {
+  ops<Backend>::fill_random(ctx, distribution::gaussian, stream, z, 0, 0);
+  m.apply(ctx, as_const(z), y);
+  // Any NaN or Inf in A reaches Y through the dense Gaussian Omega, so checking
+  // the m x l sketch replaces a pass over the m x n input.
+  if (ops<Backend>::find_non_finite(ctx, as_const(y)) >= 0) throw_non_finite(ctx, function, m.a);
+  for (index_t it = 0; it < q; ++it) {
+    orthonormalize(ctx, y, orth_accuracy::basis);
+    m.apply_transposed(ctx, as_const(y), z);
+    orthonormalize(ctx, z, orth_accuracy::basis);
+    m.apply(ctx, as_const(z), y);
+  }
+  detail::orthonormalize(ctx, y, orth_accuracy::orthonormal, nullptr, c);
+}
+
+}  // namespace detail
+
+/// Q (m x l) with orthonormal columns whose span approximates the dominant
+/// l-dimensional range of A (see the file comment for the algorithm, cost and
+/// guarantee).
+/// @throws lowrank::invalid_argument if A is empty, l is not in [1, min(m, n)]
+/// or power_iterations < 0; lowrank::numerical_error if A is not finite.
+template <scalar T, class Backend>
+  requires backend_for<Backend, T>
+[[nodiscard]] matrix<T, Backend> range_finder(context<Backend>& ctx, matrix_view<const T, Backend> a,
+                                              index_t l, const range_finder_options& options = {}) {
+  const char* fn = "lowrank::range_finder";
+  detail::require_non_empty(fn, a);
+  const index_t limit = std::min(a.rows(), a.cols());
+  if (l < 1 || l > limit) {
+    detail::throw_invalid_argument(fn, "l", l, "1 <= l <= min(m, n) = " + std::to_string(limit));
+  }
+  if (options.power_iterations < 0) {
+    detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations, ">= 0");
+  }
+  const detail::oriented_operator<T, Backend> m{a, transpose::no};
+  matrix<T, Backend> q(ctx, a.rows(), l);
+  matrix<T, Backend> z(ctx, a.cols(), l);
+  detail::subspace_iteration(ctx, m, random_stream{options.seed, 0}, options.power_iterations,
+                             q.view(), z.view(), fn);
+  return q;
+}
+
+/// `range_finder` for a writable view (converted to read-only).
+template <scalar T, class Backend>
+  requires backend_for<Backend, T>
+[[nodiscard]] matrix<T, Backend> range_finder(context<Backend>& ctx, matrix_view<T, Backend> a,
+                                              index_t l, const range_finder_options& options = {}) {
+  return range_finder(ctx, as_const(a), l, options);
+}
+
+/// `range_finder` on an Eigen matrix or expression, on the CPU.
+template <class Derived>
+  requires scalar<typename Derived::Scalar>
+[[nodiscard]] matrix<typename Derived::Scalar, cpu> range_finder(
+    const Eigen::MatrixBase<Derived>& a, index_t l, const range_finder_options& options = {}) {
+  const eigen_input<typename Derived::Scalar> input(a.derived());
+  detail::host_context<Derived> ctx;
+  return range_finder(ctx, view(input), l, options);
+}
+
+}  // namespace lowrank

@@ -1,0 +1,27 @@
+#pragma once
+/// @file
+/// lowrank: low-rank linear algebra for training, fine-tuning and compressing
+/// neural networks. This umbrella header brings the core, the CPU backend and
+/// every family; it never touches CUDA (see <lowrank/cuda.hpp>).
+
+#include "lowrank/version.hpp"
+
+#include "lowrank/core/backend.hpp"
+#include "lowrank/core/concepts.hpp"
+#include "lowrank/core/config.hpp"
+#include "lowrank/core/eigen.hpp"
+#include "lowrank/core/error.hpp"
+#include "lowrank/core/matrix.hpp"
+#include "lowrank/core/matrix_view.hpp"
+
+#include "lowrank/random/philox.hpp"
+
+#include "lowrank/backend/cpu/context.hpp"
+#include "lowrank/backend/cpu/ops.hpp"
+
+#include "lowrank/decomp/low_rank.hpp"
+#include "lowrank/decomp/orthonormalize.hpp"
+#include "lowrank/decomp/randomized_svd.hpp"
+#include "lowrank/decomp/range_finder.hpp"
+#include "lowrank/decomp/rank_selection.hpp"
+#include "lowrank/decomp/truncated_svd.hpp"

@@ -1,0 +1,72 @@
+#pragma once
+// Typed-test plumbing: one test body over {backend} x {float, double}.
+// A configuration names the backend and the scalar; `to_backend` / `to_host`
+// move test data between Eigen and the backend's memory.
+
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+
+#include "lowrank/lowrank.hpp"
+
+namespace lowrank::test {
+
+template <class Backend, class T>
+struct config {
+  using backend = Backend;
+  using scalar = T;
+};
+
+using cpu_configs = ::testing::Types<config<cpu, float>, config<cpu, double>>;
+
+/// Names typed tests "cpu_float", "cpu_double", ...
+struct config_names {
+  template <class Config>
+  static std::string GetName(int /*index_t*/) {
+    return std::string(Config::backend::name) + "_" +
+           (std::is_same_v<typename Config::scalar, float> ? "float" : "double");
+  }
+};
+
+template <class T>
+using host_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+
+/// A context; on the CPU, one with the given number of threads.
+template <class Backend>
+context<Backend> make_context(int threads) {
+  if constexpr (std::is_same_v<Backend, cpu>) {
+    return context<cpu>(threads);
+  } else {
+    return context<Backend>();
+  }
+}
+
+/// A backend copy of a host matrix.
+template <class Backend, class T>
+matrix<T, Backend> to_backend(context<Backend>& ctx, const host_matrix<T>& a) {
+  matrix<T, Backend> out(ctx, a.rows(), a.cols());
+  ops<Backend>::upload(ctx, view(a), out.view());
+  return out;
+}
+
+/// A host copy of a backend matrix, in double precision.
+template <class T, class Backend>
+Eigen::MatrixXd to_host(context<Backend>& ctx, const matrix<T, Backend>& a) {
+  host_matrix<T> out(a.rows(), a.cols());
+  ops<Backend>::download(ctx, a.view(), view(out));
+  return out.template cast<double>();
+}
+
+/// A host copy of a backend vector, in double precision.
+template <class T, class Backend>
+Eigen::VectorXd to_host(context<Backend>& ctx, const vector<T, Backend>& s) {
+  host_matrix<T> out(s.size(), 1);
+  ops<Backend>::download(ctx, s.view().as_matrix(), view(out));
+  return out.template cast<double>();
+}
+
+/// Unit roundoff of T.
+template <class T>
+constexpr double eps = std::numeric_limits<T>::epsilon();
+
+}  // namespace lowrank::test
