@@ -3,7 +3,8 @@
 /// The few BLAS and LAPACK routines the CPU backend calls directly: gemm when
 /// the build uses a BLAS (`EIGEN_USE_BLAS`; Eigen's own product would zero C
 /// before accumulating into it), and gesdd (divide-and-conquer SVD), geqrf and
-/// orgqr (Householder QR and its explicit Q), trtri (triangular inverse) when
+/// orgqr (Householder QR and its explicit Q), gesvd (QR-iteration SVD, the
+/// fallback when gesdd's result fails its check), trtri (triangular inverse) when
 /// it links a LAPACK (`LOWRANK_HAS_LAPACK`). Declared here with the Fortran
 /// ABI (32-bit INTEGER, trailing hidden lengths of character arguments) so
 /// that neither CBLAS nor LAPACKE is needed.
@@ -58,6 +59,12 @@ void sgesdd_(const char* jobz, const int* m, const int* n, float* a, const int* 
 void dgesdd_(const char* jobz, const int* m, const int* n, double* a, const int* lda, double* s,
              double* u, const int* ldu, double* vt, const int* ldvt, double* work,
              const int* lwork, int* iwork, int* info, std::size_t jobz_len);
+void sgesvd_(const char* jobu, const char* jobvt, const int* m, const int* n, float* a,
+             const int* lda, float* s, float* u, const int* ldu, float* vt, const int* ldvt,
+             float* work, const int* lwork, int* info, std::size_t jobu_len, std::size_t jobvt_len);
+void dgesvd_(const char* jobu, const char* jobvt, const int* m, const int* n, double* a,
+             const int* lda, double* s, double* u, const int* ldu, double* vt, const int* ldvt,
+             double* work, const int* lwork, int* info, std::size_t jobu_len, std::size_t jobvt_len);
 void sgeqrf_(const int* m, const int* n, float* a, const int* lda, float* tau, float* work,
              const int* lwork, int* info);
 void dgeqrf_(const int* m, const int* n, double* a, const int* lda, double* tau, double* work,
@@ -86,6 +93,16 @@ inline void gesdd(const char* jobz, const int* m, const int* n, double* a, const
                   double* s, double* u, const int* ldu, double* vt, const int* ldvt, double* work,
                   const int* lwork, int* iwork, int* info) {
   dgesdd_(jobz, m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, iwork, info, 1);
+}
+inline void gesvd(const int* m, const int* n, float* a, const int* lda, float* s, float* u,
+                  const int* ldu, float* vt, const int* ldvt, float* work, const int* lwork,
+                  int* info) {
+  sgesvd_("S", "S", m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, info, 1, 1);
+}
+inline void gesvd(const int* m, const int* n, double* a, const int* lda, double* s, double* u,
+                  const int* ldu, double* vt, const int* ldvt, double* work, const int* lwork,
+                  int* info) {
+  dgesvd_("S", "S", m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, info, 1, 1);
 }
 inline void geqrf(const int* m, const int* n, float* a, const int* lda, float* tau, float* work,
                   const int* lwork, int* info) {
