@@ -16,9 +16,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <lowrank/lowrank.hpp>
 #include <thread>
 #include <vector>
-#include <lowrank/lowrank.hpp>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
@@ -33,7 +33,8 @@ using clock_type = std::chrono::steady_clock;
 /// Sets OpenBLAS's thread count when the BLAS is OpenBLAS (found at run time).
 void set_blas_threads(int threads) {
 #if defined(__unix__) || defined(__APPLE__)
-  static const auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  static const auto set =
+      reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
   if (set != nullptr) set(threads);
 #endif
 }
@@ -52,9 +53,11 @@ void randomized_svd(benchmark::State& state) {
 
   lowrank::context<lowrank::cpu> ctx(threads);
   matrix a(n, n);
-  lowrank::ops<lowrank::cpu>::fill_random(ctx, lowrank::distribution::gaussian, {1, 0}, lowrank::view(a));
+  lowrank::ops<lowrank::cpu>::fill_random(ctx, lowrank::distribution::gaussian, {1, 0},
+                                          lowrank::view(a));
   matrix x(n, l);
-  lowrank::ops<lowrank::cpu>::fill_random(ctx, lowrank::distribution::gaussian, {1, 1}, lowrank::view(x));
+  lowrank::ops<lowrank::cpu>::fill_random(ctx, lowrank::distribution::gaussian, {1, 1},
+                                          lowrank::view(x));
   matrix y(n, l);
   matrix z(n, l);
 

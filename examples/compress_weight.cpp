@@ -46,12 +46,17 @@ int main(int argc, char** argv) {
   std::string npy;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--rows") rows = std::atol(argv[i + 1]);
-    else if (flag == "--cols") cols = std::atol(argv[i + 1]);
-    else if (flag == "--budget") budget = std::atof(argv[i + 1]);
-    else if (flag == "--npy") npy = argv[i + 1];
+    if (flag == "--rows")
+      rows = std::atol(argv[i + 1]);
+    else if (flag == "--cols")
+      cols = std::atol(argv[i + 1]);
+    else if (flag == "--budget")
+      budget = std::atof(argv[i + 1]);
+    else if (flag == "--npy")
+      npy = argv[i + 1];
     else {
-      std::fprintf(stderr, "usage: compress_weight [--npy W.npy | --rows M --cols N] [--budget F]\n");
+      std::fprintf(stderr,
+                   "usage: compress_weight [--npy W.npy | --rows M --cols N] [--budget F]\n");
       return 2;
     }
   }
@@ -62,7 +67,8 @@ int main(int argc, char** argv) {
 
   try {
     lowrank::context<lowrank::cpu> ctx;
-    const matrix w = npy.empty() ? synthetic_weight(ctx, rows, cols) : lowrank::io::read_npy<float>(npy);
+    const matrix w =
+        npy.empty() ? synthetic_weight(ctx, rows, cols) : lowrank::io::read_npy<float>(npy);
     const Eigen::Index out = w.rows();
     const Eigen::Index in = w.cols();
 
@@ -93,8 +99,8 @@ int main(int argc, char** argv) {
     const matrix y_low = (x * right.transpose()) * left.transpose();
     const double output_error = (y_dense - y_low).norm() / y_dense.norm();
 
-    std::printf("weight %ld x %ld, budget %.0f%% of %ld parameters\n", long(out), long(in), 100 * budget,
-                long(out * in));
+    std::printf("weight %ld x %ld, budget %.0f%% of %ld parameters\n", long(out), long(in),
+                100 * budget, long(out * in));
     std::printf("rank %ld: %ld parameters (%.1f%%), %.2fx smaller\n", long(k), long(k * (out + in)),
                 100.0 * double(k * (out + in)) / double(out * in),
                 double(out * in) / double(k * (out + in)));

@@ -266,7 +266,8 @@ class comparison {
     progress("Spectra PartialSVDSolver (Lanczos)");
     peers();
     {
-      const index_t ncv = std::min(std::max<index_t>(2 * k + 1, 20), std::min(a_.rows(), a_.cols()));
+      const index_t ncv =
+          std::min(std::max<index_t>(2 * k + 1, 20), std::min(a_.rows(), a_.cols()));
       double seconds = 0;
       struct factors {
         dense<T> u, v;
@@ -327,14 +328,15 @@ class comparison {
     // ||A - U diag(s) V^T||_F, the product in T, the norm accumulated in double.
     dense<T> residual = a_;
     const dense<T> us = u * s.asDiagonal();
-    lowrank::ops<lowrank::cpu>::gemm<T>(ctx_, lowrank::transpose::no, lowrank::transpose::yes, T(-1),
-                                        lowrank::view(us), lowrank::view(v), T(1),
+    lowrank::ops<lowrank::cpu>::gemm<T>(ctx_, lowrank::transpose::no, lowrank::transpose::yes,
+                                        T(-1), lowrank::view(us), lowrank::view(v), T(1),
                                         lowrank::view(residual));
     result_row row;
     row.method = std::move(name);
     row.rank = k;
     row.seconds = seconds;
-    const double error = std::sqrt(lowrank::ops<lowrank::cpu>::squared_norm(ctx_, lowrank::view(residual)));
+    const double error =
+        std::sqrt(lowrank::ops<lowrank::cpu>::squared_norm(ctx_, lowrank::view(residual)));
     row.relative_error = error / norm_;
     if (reference_ && k > 0) {
       const double optimum = optimal_error(k);
@@ -366,8 +368,8 @@ std::string cell(const std::optional<double>& value, const char* format) {
 }
 
 void print_table(const std::vector<result_row>& rows) {
-  std::printf("%-28s %6s %10s %10s %10s %10s %10s %9s\n", "method", "rank", "time [s]", "rel. error",
-              "err / opt", "s_1 error", "s_k error", "speed-up");
+  std::printf("%-28s %6s %10s %10s %10s %10s %10s %9s\n", "method", "rank", "time [s]",
+              "rel. error", "err / opt", "s_1 error", "s_k error", "speed-up");
   for (const auto& r : rows) {
     std::printf("%-28s %6ld %10.4f %10.6f %10s %10s %10s %9s\n", r.method.c_str(), long(r.rank),
                 r.seconds, r.relative_error, cell(r.over_optimum, "%.4f").c_str(),
@@ -395,8 +397,8 @@ template <class T>
 int compare(const dense<T>& a, const options& o, const std::string& input,
             const std::optional<column<double>>& known_spectrum) {
   if (o.rank > std::min(a.rows(), a.cols())) {
-    fail_usage("--rank " + std::to_string(o.rank) + " exceeds min(m, n) = " +
-               std::to_string(std::min(a.rows(), a.cols())));
+    fail_usage("--rank " + std::to_string(o.rank) +
+               " exceeds min(m, n) = " + std::to_string(std::min(a.rows(), a.cols())));
   }
   const blas_threads blas;
   comparison<T> c(a, o, blas);
@@ -404,8 +406,9 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
   std::printf("input: %s, %ld x %ld %s, ||A||_F = %.6g\n", input.c_str(), long(a.rows()),
               long(a.cols()), std::is_same_v<T, float> ? "float32" : "float64", c.norm());
   std::printf("threads: lowrank %d over a single-threaded BLAS; peers on %s\n", o.threads,
-              blas.openblas() ? ("OpenBLAS with " + std::to_string(std::max(blas.initial(), o.threads)) +
-                                 " threads").c_str()
+              blas.openblas() ? ("OpenBLAS with " +
+                                 std::to_string(std::max(blas.initial(), o.threads)) + " threads")
+                                    .c_str()
                               : "the linked BLAS (or Eigen)");
   const auto rows = c.run();
   print_table(rows);
@@ -455,8 +458,8 @@ int main(int argc, char** argv) {
       head.resize(static_cast<std::size_t>(in.gcount()));
       const bool float64 =
           in.gcount() > 0 &&
-          lowrank::io::parse_npy_header(std::span(reinterpret_cast<const std::byte*>(head.data()),
-                                                  head.size()))
+          lowrank::io::parse_npy_header(
+              std::span(reinterpret_cast<const std::byte*>(head.data()), head.size()))
                   .dtype == lowrank::io::npy_dtype::float64;
       const std::string input = o.npy->string();
       if (float64) {

@@ -21,7 +21,8 @@ TYPED_TEST_SUITE(orthonormalize_test, cpu_configs, config_names);
 Eigen::MatrixXd conditioned(index_t m, index_t l, double cond, std::uint64_t seed) {
   Eigen::VectorXd s(l);
   for (index_t i = 0; i < l; ++i) s(i) = std::pow(cond, -double(i) / double(l - 1));
-  return random_orthonormal(m, l, seed) * s.asDiagonal() * random_orthonormal(l, l, seed + 1).transpose();
+  return random_orthonormal(m, l, seed) * s.asDiagonal() *
+         random_orthonormal(l, l, seed + 1).transpose();
 }
 
 /// ||Y - Q Q^T Y|| / ||Y||: how far span(Q) misses span(Y).
@@ -88,8 +89,8 @@ TYPED_TEST(orthonormalize_test, rank_deficient_falls_back) {
     const auto [q, method] = run<B, T>(y, accuracy);
     EXPECT_NE(method, orth_method::cholesky_qr);
     if (accuracy == orth_accuracy::orthonormal) {
-        EXPECT_LE(orthonormality_error(q), 50 * eps<T>);
-      }
+      EXPECT_LE(orthonormality_error(q), 50 * eps<T>);
+    }
     EXPECT_LE(span_miss(y, q), 100 * eps<T>);
   }
 }

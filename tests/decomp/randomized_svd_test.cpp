@@ -24,8 +24,7 @@ struct shape {
 
 constexpr shape shapes[] = {{200, 200, "square"}, {300, 120, "tall"}, {120, 300, "wide"}};
 constexpr spectrum_kind spectra[] = {spectrum_kind::fast_decay, spectrum_kind::slow_decay,
-                                     spectrum_kind::flat_then_cliff,
-                                     spectrum_kind::rank_deficient};
+                                     spectrum_kind::flat_then_cliff, spectrum_kind::rank_deficient};
 constexpr index_t k = 20;
 
 /// The test matrix of a case, rounded to T (the optimum is taken from the
@@ -56,7 +55,8 @@ TYPED_TEST(randomized_svd_test, near_eckart_young_optimum) {
       const host_matrix<T> a = case_matrix<T>(kind, sh);
       const Eigen::MatrixXd ad = a.template cast<double>();
       const auto device_a = to_backend<B>(ctx, a);
-      const auto r = randomized_svd(ctx, device_a.view(), k, {.oversampling = 10, .power_iterations = 2});
+      const auto r =
+          randomized_svd(ctx, device_a.view(), k, {.oversampling = 10, .power_iterations = 2});
       const Eigen::MatrixXd u = to_host(ctx, r.u);
       const Eigen::VectorXd s = to_host(ctx, r.s);
       const Eigen::MatrixXd v = to_host(ctx, r.v);
@@ -81,8 +81,8 @@ TYPED_TEST(randomized_svd_test, near_eckart_young_optimum) {
       for (index_t i = 0; i < k; ++i) {
         EXPECT_GE(s(i), 0);
         if (i > 0) {
-        EXPECT_LE(s(i), s(i - 1));
-      }
+          EXPECT_LE(s(i), s(i - 1));
+        }
       }
       // Sign convention: the largest-magnitude entry of each column of U is positive.
       for (index_t j = 0; j < k; ++j) {
@@ -130,8 +130,8 @@ TYPED_TEST(randomized_svd_test, power_iterations_improve_accuracy) {
         to_host(ctx, r.u) * to_host(ctx, r.s).asDiagonal() * to_host(ctx, r.v).transpose();
     const double error = (ad - approx).norm();
     if (q == 0) {
-        EXPECT_LE(error, std::sqrt(1.0 + double(k) / 9.0) * optimum);
-      }
+      EXPECT_LE(error, std::sqrt(1.0 + double(k) / 9.0) * optimum);
+    }
     EXPECT_LE(error, previous * (1 + 1e-3)) << "q = " << q;
     previous = error;
   }
@@ -147,7 +147,8 @@ TYPED_TEST(randomized_svd_test, full_rank_reproduces_the_matrix) {
   const auto r = randomized_svd(ctx, device_a.view(), 25);
   const Eigen::MatrixXd approx =
       to_host(ctx, r.u) * to_host(ctx, r.s).asDiagonal() * to_host(ctx, r.v).transpose();
-  EXPECT_LE((a.template cast<double>() - approx).norm(), 100 * eps<T> * a.template cast<double>().norm());
+  EXPECT_LE((a.template cast<double>() - approx).norm(),
+            100 * eps<T> * a.template cast<double>().norm());
 }
 
 template <class T>
@@ -211,8 +212,8 @@ TYPED_TEST(randomized_svd_test, tolerance_mode_meets_tolerance_with_near_optimal
   using B = typename TypeParam::backend;
   context<B> ctx;
   for (const auto sh : shapes) {
-    for (const auto kind : {spectrum_kind::fast_decay, spectrum_kind::slow_decay,
-                            spectrum_kind::rank_deficient}) {
+    for (const auto kind :
+         {spectrum_kind::fast_decay, spectrum_kind::slow_decay, spectrum_kind::rank_deficient}) {
       for (const double tol : {0.3, 0.1, 0.01}) {
         for (const index_t block : {8, 16}) {
           SCOPED_TRACE(std::string(sh.name) + " " + name(kind) + " tol " + std::to_string(tol) +
@@ -224,8 +225,8 @@ TYPED_TEST(randomized_svd_test, tolerance_mode_meets_tolerance_with_near_optimal
                                         tolerance{.relative_error = tol, .block_size = block});
           EXPECT_EQ(r.status, qb_status::converged);
           EXPECT_EQ(r.tolerance, tol);
-          const Eigen::MatrixXd approx = to_host(ctx, r.u) * to_host(ctx, r.s).asDiagonal() *
-                                         to_host(ctx, r.v).transpose();
+          const Eigen::MatrixXd approx =
+              to_host(ctx, r.u) * to_host(ctx, r.s).asDiagonal() * to_host(ctx, r.v).transpose();
           const double error = (ad - approx).norm() / ad.norm();
           EXPECT_LE(error, tol);
           // The indicator is exact up to rounding of ||A||^2 - ||B||^2.
@@ -249,12 +250,14 @@ TYPED_TEST(randomized_svd_test, tolerance_mode_limits) {
   context<B> ctx;
   const host_matrix<T> a = case_matrix<T>(spectrum_kind::slow_decay, shapes[0]);
   const auto device_a = to_backend<B>(ctx, a);
-  const auto capped = randomized_svd(ctx, device_a.view(), tolerance{.relative_error = 1e-3, .max_rank = 12});
+  const auto capped =
+      randomized_svd(ctx, device_a.view(), tolerance{.relative_error = 1e-3, .max_rank = 12});
   EXPECT_EQ(capped.status, qb_status::max_rank_reached);
   EXPECT_EQ(capped.rank(), 12);
   EXPECT_GT(capped.relative_error_estimate, 1e-3);
 
-  const auto floored = randomized_svd(ctx, device_a.view(), tolerance{.relative_error = 1e-12, .max_rank = 40});
+  const auto floored =
+      randomized_svd(ctx, device_a.view(), tolerance{.relative_error = 1e-12, .max_rank = 40});
   EXPECT_EQ(floored.tolerance, qb_tolerance_floor<T>());
 
   const host_matrix<T> zero = host_matrix<T>::Zero(30, 20);

@@ -43,7 +43,8 @@ TYPED_TEST(truncated_svd_test, exact_singular_values_and_orthonormal_factors) {
         // relative here, so 1e-10 relative holds. Float: the rounding of A to
         // float perturbs every singular value by up to ~eps_f ||A||, hence a
         // bound relative to s_1.
-        const double bound = is_double ? 1e-10 * std::max(truth(i), 1e-3 * truth(0)) : 1e-4 * truth(0);
+        const double bound =
+            is_double ? 1e-10 * std::max(truth(i), 1e-3 * truth(0)) : 1e-4 * truth(0);
         EXPECT_NEAR(s(i), truth(i), bound) << "i = " << i;
       }
       EXPECT_LE(orthonormality_error(u), is_double ? 1e-12 : 1e-5);

@@ -11,10 +11,14 @@ namespace lowrank::test {
 
 std::string name(spectrum_kind kind) {
   switch (kind) {
-    case spectrum_kind::fast_decay: return "fast_decay";
-    case spectrum_kind::slow_decay: return "slow_decay";
-    case spectrum_kind::flat_then_cliff: return "flat_then_cliff";
-    case spectrum_kind::rank_deficient: return "rank_deficient";
+    case spectrum_kind::fast_decay:
+      return "fast_decay";
+    case spectrum_kind::slow_decay:
+      return "slow_decay";
+    case spectrum_kind::flat_then_cliff:
+      return "flat_then_cliff";
+    case spectrum_kind::rank_deficient:
+      return "rank_deficient";
   }
   return "?";
 }
@@ -24,10 +28,18 @@ Eigen::VectorXd make_spectrum(spectrum_kind kind, Eigen::Index n, Eigen::Index p
   for (Eigen::Index i = 0; i < n; ++i) {
     const double one_based = static_cast<double>(i + 1);
     switch (kind) {
-      case spectrum_kind::fast_decay: s(i) = std::pow(0.8, static_cast<double>(i)); break;
-      case spectrum_kind::slow_decay: s(i) = 1.0 / one_based; break;
-      case spectrum_kind::flat_then_cliff: s(i) = i < parameter ? 1.0 : 1e-3; break;
-      case spectrum_kind::rank_deficient: s(i) = i < parameter ? 1.0 / one_based : 0.0; break;
+      case spectrum_kind::fast_decay:
+        s(i) = std::pow(0.8, static_cast<double>(i));
+        break;
+      case spectrum_kind::slow_decay:
+        s(i) = 1.0 / one_based;
+        break;
+      case spectrum_kind::flat_then_cliff:
+        s(i) = i < parameter ? 1.0 : 1e-3;
+        break;
+      case spectrum_kind::rank_deficient:
+        s(i) = i < parameter ? 1.0 / one_based : 0.0;
+        break;
     }
   }
   return s;
@@ -71,7 +83,7 @@ double spectral_norm(const Eigen::MatrixXd& a) {
   if (a.size() == 0) return 0;
   // The largest eigenvalue of the Gram matrix is accurate to eps relative.
   const Eigen::MatrixXd gram = a.cols() <= a.rows() ? Eigen::MatrixXd(a.transpose() * a)
-                                                      : Eigen::MatrixXd(a * a.transpose());
+                                                    : Eigen::MatrixXd(a * a.transpose());
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(gram, Eigen::EigenvaluesOnly);
   return std::sqrt(std::max(eig.eigenvalues().maxCoeff(), 0.0));
 }

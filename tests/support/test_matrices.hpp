@@ -11,10 +11,10 @@ namespace lowrank::test {
 
 /// The spectra the acceptance tests run on.
 enum class spectrum_kind {
-  fast_decay,      ///< s_i = 0.8^(i-1)
-  slow_decay,      ///< s_i = 1 / i
-  flat_then_cliff, ///< s_i = 1 for i <= cliff, then 1e-3
-  rank_deficient,  ///< s_i = 1 / i for i <= rank, then exactly 0
+  fast_decay,       ///< s_i = 0.8^(i-1)
+  slow_decay,       ///< s_i = 1 / i
+  flat_then_cliff,  ///< s_i = 1 for i <= cliff, then 1e-3
+  rank_deficient,   ///< s_i = 1 / i for i <= rank, then exactly 0
 };
 
 [[nodiscard]] std::string name(spectrum_kind kind);
@@ -27,8 +27,8 @@ enum class spectrum_kind {
 /// A = U diag(s) V^T (m x n, s of length min(m, n)) with Haar-random
 /// orthonormal U and V from a fixed seed (std::mt19937_64, independent of
 /// lowrank's generator).
-[[nodiscard]] Eigen::MatrixXd make_matrix(const Eigen::VectorXd& s, Eigen::Index m,
-                                          Eigen::Index n, std::uint64_t seed);
+[[nodiscard]] Eigen::MatrixXd make_matrix(const Eigen::VectorXd& s, Eigen::Index m, Eigen::Index n,
+                                          std::uint64_t seed);
 
 /// A Haar-random m x n matrix with orthonormal columns.
 [[nodiscard]] Eigen::MatrixXd random_orthonormal(Eigen::Index m, Eigen::Index n,

@@ -45,28 +45,27 @@ concept scalar = std::same_as<T, float> || std::same_as<T, double>;
 /// - `download(ctx, src, dst)` / `upload(ctx, src, dst)`: copies between the
 ///   backend's memory and host views (synchronous).
 template <class Backend, class T>
-concept backend_for =
-    scalar<T> && requires(context<Backend>& ctx, matrix_view<T, Backend> x,
-                          matrix_view<const T, Backend> cx, vector_view<T, Backend> v,
-                          vector_view<const T, Backend> cv, matrix_view<T, cpu> hx,
-                          matrix_view<const T, cpu> chx, T alpha, index_t i, random_stream s) {
-      ops<Backend>::gemm(ctx, transpose::no, transpose::yes, alpha, cx, cx, alpha, x);
-      ops<Backend>::gram(ctx, cx, x);
-      ops<Backend>::multiply_right(ctx, cx, x);
-      ops<Backend>::householder_orthonormalize(ctx, x, x);
-      ops<Backend>::svd(ctx, cx, x, v, x);
-      ops<Backend>::fill_random(ctx, distribution::gaussian, s, x, i, i);
-      ops<Backend>::fill(ctx, x, alpha);
-      ops<Backend>::copy(ctx, cx, x);
-      ops<Backend>::scale_columns(ctx, cv, x);
-      { ops<Backend>::squared_norm(ctx, cx) } -> std::same_as<double>;
-      ops<Backend>::column_squared_norms(ctx, cx, v);
-      { ops<Backend>::find_non_finite(ctx, cx) } -> std::same_as<index_t>;
-      ops<Backend>::signs_of_largest(ctx, cx, v);
-      ops<Backend>::download(ctx, cx, hx);
-      ops<Backend>::upload(ctx, chx, x);
-      matrix<T, Backend>(ctx, i, i);
-      vector<T, Backend>(ctx, i);
-    };
+concept backend_for = scalar<T> &&
+    requires(context<Backend>& ctx, matrix_view<T, Backend> x, matrix_view<const T, Backend> cx,
+             vector_view<T, Backend> v, vector_view<const T, Backend> cv, matrix_view<T, cpu> hx,
+             matrix_view<const T, cpu> chx, T alpha, index_t i, random_stream s) {
+  ops<Backend>::gemm(ctx, transpose::no, transpose::yes, alpha, cx, cx, alpha, x);
+  ops<Backend>::gram(ctx, cx, x);
+  ops<Backend>::multiply_right(ctx, cx, x);
+  ops<Backend>::householder_orthonormalize(ctx, x, x);
+  ops<Backend>::svd(ctx, cx, x, v, x);
+  ops<Backend>::fill_random(ctx, distribution::gaussian, s, x, i, i);
+  ops<Backend>::fill(ctx, x, alpha);
+  ops<Backend>::copy(ctx, cx, x);
+  ops<Backend>::scale_columns(ctx, cv, x);
+  { ops<Backend>::squared_norm(ctx, cx) } -> std::same_as<double>;
+  ops<Backend>::column_squared_norms(ctx, cx, v);
+  { ops<Backend>::find_non_finite(ctx, cx) } -> std::same_as<index_t>;
+  ops<Backend>::signs_of_largest(ctx, cx, v);
+  ops<Backend>::download(ctx, cx, hx);
+  ops<Backend>::upload(ctx, chx, x);
+  matrix<T, Backend>(ctx, i, i);
+  vector<T, Backend>(ctx, i);
+};
 
 }  // namespace lowrank

@@ -33,23 +33,23 @@ using eigen_map = Eigen::Map<
 
 /// A host vector as Eigen sees it through a map.
 template <class T>
-using eigen_vector_map = Eigen::Map<
-    std::conditional_t<std::is_const_v<T>,
-                       const Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, 1>,
-                       Eigen::Matrix<T, Eigen::Dynamic, 1>>>;
+using eigen_vector_map =
+    Eigen::Map<std::conditional_t<std::is_const_v<T>,
+                                  const Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, 1>,
+                                  Eigen::Matrix<T, Eigen::Dynamic, 1>>>;
 
 /// The reference type the CPU convenience overloads take: binds column-major
 /// data without a copy, evaluates other expressions once.
 template <class T>
-using eigen_input = Eigen::Ref<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>, 0,
-                               Eigen::OuterStride<>>;
+using eigen_input =
+    Eigen::Ref<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>, 0, Eigen::OuterStride<>>;
 
 namespace detail {
 
 template <class Derived>
-inline constexpr bool viewable_v =
-    (int(Derived::Flags) & Eigen::DirectAccessBit) != 0 &&
-    ((int(Derived::Flags) & Eigen::RowMajorBit) == 0 || Derived::IsVectorAtCompileTime);
+inline constexpr bool viewable_v = (int(Derived::Flags) & Eigen::DirectAccessBit) != 0 &&
+                                   ((int(Derived::Flags) & Eigen::RowMajorBit) == 0 ||
+                                    Derived::IsVectorAtCompileTime);
 
 /// The view of an Eigen object with direct access: T is `Scalar` or
 /// `const Scalar`, as the object's data() allows.
@@ -76,7 +76,7 @@ matrix_view<T, cpu> view_of(T* data, const Eigen::DenseBase<Derived>& x) {
 /// when it is const (a Map<const ...>, a Block of a const matrix).
 /// @throws lowrank::invalid_argument if the columns are not contiguous.
 template <class Derived>
-  requires detail::viewable_v<Derived>
+requires detail::viewable_v<Derived>
 [[nodiscard]] auto view(Eigen::DenseBase<Derived>& x) {
   return detail::view_of(x.derived().data(), x);
 }
@@ -84,7 +84,7 @@ template <class Derived>
 /// A read-only view of an Eigen column-major object (or vector) with direct access.
 /// @throws lowrank::invalid_argument if the columns are not contiguous.
 template <class Derived>
-  requires detail::viewable_v<Derived>
+requires detail::viewable_v<Derived>
 [[nodiscard]] matrix_view<const typename Derived::Scalar, cpu> view(
     const Eigen::DenseBase<Derived>& x) {
   const typename Derived::Scalar* data = x.derived().data();

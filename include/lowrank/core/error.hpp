@@ -38,8 +38,7 @@ template <class Value>
 [[nodiscard]] std::string describe(std::string_view function, std::string_view argument,
                                    const Value& value, std::string_view expected) {
   std::ostringstream out;
-  out << function << ": argument '" << argument << "' is " << value << "; expected "
-      << expected;
+  out << function << ": argument '" << argument << "' is " << value << "; expected " << expected;
   return out.str();
 }
 

@@ -42,8 +42,8 @@ class matrix_view {
 
   /// A writable view converts to a read-only view.
   template <class U>
-    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-  constexpr matrix_view(matrix_view<U, Backend> other) noexcept  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>) constexpr matrix_view(
+      matrix_view<U, Backend> other) noexcept  // NOLINT(google-explicit-constructor)
       : data_(other.data()), rows_(other.rows()), cols_(other.cols()), ld_(other.ld()) {}
 
   [[nodiscard]] constexpr T* data() const noexcept { return data_; }
@@ -56,7 +56,8 @@ class matrix_view {
   [[nodiscard]] constexpr bool contiguous() const noexcept { return ld_ == rows_ || cols_ <= 1; }
 
   /// The r x c sub-matrix whose top-left element is (i, j).
-  [[nodiscard]] constexpr matrix_view block(index_t i, index_t j, index_t r, index_t c) const noexcept {
+  [[nodiscard]] constexpr matrix_view block(index_t i, index_t j, index_t r,
+                                            index_t c) const noexcept {
     LOWRANK_ASSERT(i >= 0 && j >= 0 && r >= 0 && c >= 0 && i + r <= rows_ && j + c <= cols_);
     return {data_ + i + j * ld_, r, c, ld_};
   }
@@ -73,12 +74,13 @@ class matrix_view {
     return block(i, 0, r, cols_);
   }
   /// Column j as a rows x 1 view.
-  [[nodiscard]] constexpr matrix_view col(index_t j) const noexcept { return block(0, j, rows_, 1); }
+  [[nodiscard]] constexpr matrix_view col(index_t j) const noexcept {
+    return block(0, j, rows_, 1);
+  }
 
   /// Element (i, j); host memory only.
-  [[nodiscard]] constexpr T& operator()(index_t i, index_t j) const noexcept
-    requires std::is_same_v<Backend, cpu>
-  {
+  [[nodiscard]] constexpr T& operator()(
+      index_t i, index_t j) const noexcept requires std::is_same_v<Backend, cpu> {
     LOWRANK_ASSERT(i >= 0 && j >= 0 && i < rows_ && j < cols_);
     return data_[i + j * ld_];
   }
@@ -103,8 +105,8 @@ class vector_view {
     LOWRANK_ASSERT(size >= 0);
   }
   template <class U>
-    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-  constexpr vector_view(vector_view<U, Backend> other) noexcept  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>) constexpr vector_view(
+      vector_view<U, Backend> other) noexcept  // NOLINT(google-explicit-constructor)
       : data_(other.data()), size_(other.size()) {}
 
   [[nodiscard]] constexpr T* data() const noexcept { return data_; }
@@ -122,9 +124,8 @@ class vector_view {
   }
 
   /// Element i; host memory only.
-  [[nodiscard]] constexpr T& operator[](index_t i) const noexcept
-    requires std::is_same_v<Backend, cpu>
-  {
+  [[nodiscard]] constexpr T& operator[](
+      index_t i) const noexcept requires std::is_same_v<Backend, cpu> {
     LOWRANK_ASSERT(i >= 0 && i < size_);
     return data_[i];
   }

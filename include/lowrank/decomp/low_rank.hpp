@@ -40,9 +40,8 @@ struct low_rank {
   }
 
   /// The m x n matrix U diag(s) V^T (CPU; costs m n k flops and m n memory).
-  [[nodiscard]] Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> reconstruct() const
-    requires std::same_as<Backend, cpu>
-  {
+  [[nodiscard]] Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> reconstruct()
+      const requires std::same_as<Backend, cpu> {
     return (u * s.asDiagonal()) * v.transpose();
   }
 
@@ -51,9 +50,8 @@ struct low_rank {
   /// @throws lowrank::invalid_argument if X does not have n rows.
   template <class Derived>
   [[nodiscard]] Eigen::Matrix<T, Eigen::Dynamic, Derived::ColsAtCompileTime> apply(
-      const Eigen::MatrixBase<Derived>& x) const
-    requires std::same_as<Backend, cpu> && std::same_as<typename Derived::Scalar, T>
-  {
+      const Eigen::MatrixBase<Derived>& x)
+      const requires std::same_as<Backend, cpu> && std::same_as<typename Derived::Scalar, T> {
     if (x.rows() != cols()) {
       detail::throw_invalid_argument("lowrank::low_rank::apply", "x.rows()", x.rows(),
                                      "n = " + std::to_string(cols()));

@@ -117,8 +117,8 @@ void apply_inverse(context<Backend>& ctx, matrix_view<T, Backend> y, matrix<T, B
 ///   folds C into the small matrices it multiplies Y by next, saving one
 ///   m x l product. C is the identity when a fallback applied everything.
 template <class T, class Backend>
-orth_method orthonormalize(context<Backend>& ctx, matrix_view<T, Backend> y,
-                           orth_accuracy accuracy, Eigen::MatrixXd* r, Eigen::MatrixXd* c) {
+orth_method orthonormalize(context<Backend>& ctx, matrix_view<T, Backend> y, orth_accuracy accuracy,
+                           Eigen::MatrixXd* r, Eigen::MatrixXd* c) {
   LOWRANK_ASSERT(y.rows() >= y.cols());
   const index_t l = y.cols();
   if (r != nullptr) r->setIdentity(l, l);
@@ -177,9 +177,9 @@ orth_method orthonormalize(context<Backend>& ctx, matrix_view<T, Backend> y,
 /// QR (see the file comment). Returns the method that produced Q.
 /// Precondition (asserted): y.rows() >= y.cols().
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
-orth_method orthonormalize(context<Backend>& ctx, matrix_view<T, Backend> y,
-                           orth_accuracy accuracy = orth_accuracy::orthonormal) {
+requires backend_for<Backend, T> orth_method
+orthonormalize(context<Backend>& ctx, matrix_view<T, Backend> y,
+               orth_accuracy accuracy = orth_accuracy::orthonormal) {
   return detail::orthonormalize(ctx, y, accuracy, nullptr, nullptr);
 }
 

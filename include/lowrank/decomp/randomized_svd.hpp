@@ -54,17 +54,17 @@ namespace lowrank {
 struct randomized_svd_options {
   index_t oversampling = 10;     ///< p >= 0; l = min(k + p, min(m, n)) columns are sketched
   index_t power_iterations = 2;  ///< q >= 0; 2q + 2 passes over A
-  std::uint64_t seed = 0;      ///< Omega is the Gaussian matrix of random_stream{seed, 0}
+  std::uint64_t seed = 0;        ///< Omega is the Gaussian matrix of random_stream{seed, 0}
 };
 
 /// The fixed-accuracy request: the smallest rank with
 /// ||A - U S V^T||_F <= relative_error ||A||_F.
 struct tolerance {
-  double relative_error = 0;   ///< in (0, 1); raised to qb_tolerance_floor<T>() if below
+  double relative_error = 0;     ///< in (0, 1); raised to qb_tolerance_floor<T>() if below
   index_t max_rank = 0;          ///< the largest rank to try; 0 means min(m, n)
   index_t block_size = 0;        ///< columns added per step; 0 means min(32, max_rank)
   index_t power_iterations = 1;  ///< per block, >= 0
-  std::uint64_t seed = 0;      ///< the blocks are consecutive columns of one Gaussian draw
+  std::uint64_t seed = 0;        ///< the blocks are consecutive columns of one Gaussian draw
 };
 
 namespace detail {
@@ -115,7 +115,7 @@ low_rank<T, Backend> svd_of_qb(context<Backend>& ctx, transpose op,
 /// or oversampling / power_iterations is negative;
 /// lowrank::numerical_error if A has a NaN or Inf entry (the message names it).
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
+requires backend_for<Backend, T>
 [[nodiscard]] low_rank<T, Backend> randomized_svd(context<Backend>& ctx,
                                                   matrix_view<const T, Backend> a, index_t k,
                                                   const randomized_svd_options& options = {}) {
@@ -126,7 +126,8 @@ template <scalar T, class Backend>
     detail::throw_invalid_argument(fn, "options.oversampling", options.oversampling, ">= 0");
   }
   if (options.power_iterations < 0) {
-    detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations, ">= 0");
+    detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations,
+                                   ">= 0");
   }
   const auto m = detail::oriented_operator<T, Backend>::tall(a);
   const index_t l = std::min(k + options.oversampling, m.cols());
@@ -146,7 +147,7 @@ template <scalar T, class Backend>
 /// (0, 1), max_rank is not in [0, min(m, n)], block_size < 0 or
 /// power_iterations < 0; lowrank::numerical_error if A is not finite.
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
+requires backend_for<Backend, T>
 [[nodiscard]] adaptive_low_rank<T, Backend> randomized_svd(context<Backend>& ctx,
                                                            matrix_view<const T, Backend> a,
                                                            const tolerance& tol) {
@@ -158,9 +159,9 @@ template <scalar T, class Backend>
   }
   const index_t limit = std::min(a.rows(), a.cols());
   if (tol.max_rank < 0 || tol.max_rank > limit) {
-    detail::throw_invalid_argument(fn, "tol.max_rank", tol.max_rank,
-                                   "0 (no limit) or 1 <= max_rank <= min(m, n) = " +
-                                       std::to_string(limit));
+    detail::throw_invalid_argument(
+        fn, "tol.max_rank", tol.max_rank,
+        "0 (no limit) or 1 <= max_rank <= min(m, n) = " + std::to_string(limit));
   }
   if (tol.block_size < 0) {
     detail::throw_invalid_argument(fn, "tol.block_size", tol.block_size, ">= 0 (0: automatic)");
@@ -177,9 +178,8 @@ template <scalar T, class Backend>
                                  random_stream{tol.seed, 0}, fn);
   adaptive_low_rank<T, Backend> result;
   if (f.rank > 0) {
-    static_cast<low_rank<T, Backend>&>(result) =
-        detail::svd_of_qb(ctx, m.op, as_const(f.q.view().left_cols(f.rank)),
-                          f.bt.view().left_cols(f.rank), f.rank);
+    static_cast<low_rank<T, Backend>&>(result) = detail::svd_of_qb(
+        ctx, m.op, as_const(f.q.view().left_cols(f.rank)), f.bt.view().left_cols(f.rank), f.rank);
   } else {
     result.u = matrix<T, Backend>(ctx, a.rows(), 0);
     result.s = vector<T, Backend>(ctx, 0);
@@ -193,15 +193,16 @@ template <scalar T, class Backend>
 
 /// `randomized_svd` for a writable view (converted to read-only).
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
+requires backend_for<Backend, T>
 [[nodiscard]] low_rank<T, Backend> randomized_svd(context<Backend>& ctx, matrix_view<T, Backend> a,
-                                                  index_t k, const randomized_svd_options& options = {}) {
+                                                  index_t k,
+                                                  const randomized_svd_options& options = {}) {
   return randomized_svd(ctx, as_const(a), k, options);
 }
 
 /// `randomized_svd` (fixed accuracy) for a writable view.
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
+requires backend_for<Backend, T>
 [[nodiscard]] adaptive_low_rank<T, Backend> randomized_svd(context<Backend>& ctx,
                                                            matrix_view<T, Backend> a,
                                                            const tolerance& tol) {
@@ -212,7 +213,7 @@ template <scalar T, class Backend>
 /// on the CPU: `auto r = lowrank::randomized_svd(A, 64);`. Column-major data is
 /// read in place; other expressions are evaluated once.
 template <class Derived>
-  requires scalar<typename Derived::Scalar>
+requires scalar<typename Derived::Scalar>
 [[nodiscard]] low_rank<typename Derived::Scalar> randomized_svd(
     const Eigen::MatrixBase<Derived>& a, index_t k, const randomized_svd_options& options = {}) {
   const eigen_input<typename Derived::Scalar> input(a.derived());
@@ -223,7 +224,7 @@ template <class Derived>
 /// Fixed-accuracy randomized SVD of an Eigen matrix or expression, on the CPU:
 /// `auto r = lowrank::randomized_svd(A, lowrank::tolerance{.relative_error = 1e-2});`.
 template <class Derived>
-  requires scalar<typename Derived::Scalar>
+requires scalar<typename Derived::Scalar>
 [[nodiscard]] adaptive_low_rank<typename Derived::Scalar> randomized_svd(
     const Eigen::MatrixBase<Derived>& a, const tolerance& tol) {
   const eigen_input<typename Derived::Scalar> input(a.derived());

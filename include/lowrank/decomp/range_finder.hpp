@@ -38,7 +38,7 @@ namespace lowrank {
 /// Options of `range_finder`.
 struct range_finder_options {
   index_t power_iterations = 2;  ///< q >= 0
-  std::uint64_t seed = 0;      ///< Omega is the Gaussian matrix of random_stream{seed, 0}
+  std::uint64_t seed = 0;        ///< Omega is the Gaussian matrix of random_stream{seed, 0}
 };
 
 namespace detail {
@@ -76,9 +76,10 @@ void subspace_iteration(context<Backend>& ctx, const oriented_operator<T, Backen
 /// @throws lowrank::invalid_argument if A is empty, l is not in [1, min(m, n)]
 /// or power_iterations < 0; lowrank::numerical_error if A is not finite.
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
-[[nodiscard]] matrix<T, Backend> range_finder(context<Backend>& ctx, matrix_view<const T, Backend> a,
-                                              index_t l, const range_finder_options& options = {}) {
+requires backend_for<Backend, T>
+[[nodiscard]] matrix<T, Backend> range_finder(context<Backend>& ctx,
+                                              matrix_view<const T, Backend> a, index_t l,
+                                              const range_finder_options& options = {}) {
   const char* fn = "lowrank::range_finder";
   detail::require_non_empty(fn, a);
   const index_t limit = std::min(a.rows(), a.cols());
@@ -86,7 +87,8 @@ template <scalar T, class Backend>
     detail::throw_invalid_argument(fn, "l", l, "1 <= l <= min(m, n) = " + std::to_string(limit));
   }
   if (options.power_iterations < 0) {
-    detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations, ">= 0");
+    detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations,
+                                   ">= 0");
   }
   const detail::oriented_operator<T, Backend> m{a, transpose::no};
   matrix<T, Backend> q(ctx, a.rows(), l);
@@ -98,7 +100,7 @@ template <scalar T, class Backend>
 
 /// `range_finder` for a writable view (converted to read-only).
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
+requires backend_for<Backend, T>
 [[nodiscard]] matrix<T, Backend> range_finder(context<Backend>& ctx, matrix_view<T, Backend> a,
                                               index_t l, const range_finder_options& options = {}) {
   return range_finder(ctx, as_const(a), l, options);
@@ -106,7 +108,7 @@ template <scalar T, class Backend>
 
 /// `range_finder` on an Eigen matrix or expression, on the CPU.
 template <class Derived>
-  requires scalar<typename Derived::Scalar>
+requires scalar<typename Derived::Scalar>
 [[nodiscard]] matrix<typename Derived::Scalar, cpu> range_finder(
     const Eigen::MatrixBase<Derived>& a, index_t l, const range_finder_options& options = {}) {
   const eigen_input<typename Derived::Scalar> input(a.derived());

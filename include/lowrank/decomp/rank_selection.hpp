@@ -47,7 +47,8 @@ template <class Derived>
   }
   detail::check_spectrum(fn, s);
   double total = 0;
-  for (index_t i = 0; i < s.size(); ++i) total += static_cast<double>(s(i)) * static_cast<double>(s(i));
+  for (index_t i = 0; i < s.size(); ++i)
+    total += static_cast<double>(s(i)) * static_cast<double>(s(i));
   if (total == 0) return 0;
   double kept = 0;
   for (index_t i = 0; i < s.size(); ++i) {
@@ -66,14 +67,15 @@ template <class Derived>
 /// list of finite non-negative values.
 template <class Derived>
 [[nodiscard]] index_t rank_for_tolerance(const Eigen::MatrixBase<Derived>& s, double relative_error,
-                                       double total_squared_norm = -1) {
+                                         double total_squared_norm = -1) {
   const char* fn = "lowrank::rank_for_tolerance";
   if (!(relative_error >= 0 && relative_error < 1)) {
     detail::throw_invalid_argument(fn, "relative_error", relative_error, "a value in [0, 1)");
   }
   detail::check_spectrum(fn, s);
   double sum = 0;
-  for (index_t i = 0; i < s.size(); ++i) sum += static_cast<double>(s(i)) * static_cast<double>(s(i));
+  for (index_t i = 0; i < s.size(); ++i)
+    sum += static_cast<double>(s(i)) * static_cast<double>(s(i));
   const double total = total_squared_norm < 0 ? sum : total_squared_norm;
   if (!std::isfinite(total) || total < sum * (1 - 1e-6)) {
     detail::throw_invalid_argument(fn, "total_squared_norm", total_squared_norm,

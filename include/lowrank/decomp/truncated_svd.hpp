@@ -29,7 +29,7 @@ namespace lowrank {
 /// lowrank::numerical_error if A has a NaN or Inf entry (the message names it)
 /// or the SVD does not converge.
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
+requires backend_for<Backend, T>
 [[nodiscard]] low_rank<T, Backend> truncated_svd(context<Backend>& ctx,
                                                  matrix_view<const T, Backend> a, index_t k) {
   const char* fn = "lowrank::truncated_svd";
@@ -49,7 +49,8 @@ template <scalar T, class Backend>
     result.s = vector<T, Backend>(ctx, k);
     result.v = matrix<T, Backend>(ctx, a.cols(), k);
     ops<Backend>::copy(ctx, as_const(u.view().left_cols(k)), result.u.view());
-    ops<Backend>::copy(ctx, as_const(s.view().segment(0, k).as_matrix()), result.s.view().as_matrix());
+    ops<Backend>::copy(ctx, as_const(s.view().segment(0, k).as_matrix()),
+                       result.s.view().as_matrix());
     ops<Backend>::copy(ctx, as_const(v.view().left_cols(k)), result.v.view());
   }
   detail::flip_signs(ctx, result.u.view(), result.v.view());
@@ -58,7 +59,7 @@ template <scalar T, class Backend>
 
 /// `truncated_svd` for a writable view (converted to read-only).
 template <scalar T, class Backend>
-  requires backend_for<Backend, T>
+requires backend_for<Backend, T>
 [[nodiscard]] low_rank<T, Backend> truncated_svd(context<Backend>& ctx, matrix_view<T, Backend> a,
                                                  index_t k) {
   return truncated_svd(ctx, as_const(a), k);
@@ -67,7 +68,7 @@ template <scalar T, class Backend>
 /// The exact rank-k truncated SVD of an Eigen matrix or expression (float or
 /// double), on the CPU: `auto r = lowrank::truncated_svd(A, 64);`.
 template <class Derived>
-  requires scalar<typename Derived::Scalar>
+requires scalar<typename Derived::Scalar>
 [[nodiscard]] low_rank<typename Derived::Scalar> truncated_svd(const Eigen::MatrixBase<Derived>& a,
                                                                index_t k) {
   const eigen_input<typename Derived::Scalar> input(a.derived());

@@ -99,7 +99,8 @@ inline constexpr double two_pi = 6.283185307179586476925286766559;
 
 LOWRANK_HOST_DEVICE constexpr philox_counter random_words(random_stream s, std::uint64_t block,
                                                           std::uint64_t col) noexcept {
-  const philox_key key{{static_cast<std::uint32_t>(s.seed), static_cast<std::uint32_t>(s.seed >> 32)}};
+  const philox_key key{
+      {static_cast<std::uint32_t>(s.seed), static_cast<std::uint32_t>(s.seed >> 32)}};
   const philox_counter ctr{{static_cast<std::uint32_t>(block), static_cast<std::uint32_t>(col),
                             static_cast<std::uint32_t>(s.stream),
                             static_cast<std::uint32_t>(s.stream >> 32)}};
@@ -226,8 +227,8 @@ LOWRANK_HOST_DEVICE inline void random_block(random_stream s, std::uint64_t bloc
         // The host's operations in the host's order: only logf / sincosf may
         // differ from the host's packet math, by a few ulp.
         const float r = sqrtf(-2.0f * logf(static_cast<float>(detail::u24_open0(w.v[2 * pair]))));
-        const float theta = static_cast<float>(detail::two_pi) *
-                            static_cast<float>(detail::u24(w.v[2 * pair + 1]));
+        const float theta =
+            static_cast<float>(detail::two_pi) * static_cast<float>(detail::u24(w.v[2 * pair + 1]));
         float sin_theta;
         float cos_theta;
         sincosf(theta, &sin_theta, &cos_theta);

@@ -292,7 +292,8 @@ TYPED_TEST(Ops, GramProductsAndReductionsSplitAndThreadCounts) {
   EXPECT_TRUE(same_bits(x1, x3));
   // As in MultiplyRight: 2 (p + 2) eps |Y| |R|.
   const Eigen::ArrayXXd residual = (x1.template cast<double>() - y * r).array().abs();
-  const Eigen::ArrayXXd rbound = 2.0 * double(p + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
+  const Eigen::ArrayXXd rbound =
+      2.0 * double(p + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
   EXPECT_TRUE((residual <= rbound).all()) << "max residual " << residual.maxCoeff();
 
   // squared_norm over column chunks: bitwise the same whatever the threads.
@@ -369,7 +370,8 @@ TYPED_TEST(Ops, MultiplyRight) {
   // A product's componentwise bound (Higham 3.5): |Y R - fl(Y R)| <= gamma_n
   // |Y| |R|; 2 (n + 2) eps covers it and the double reference.
   const Eigen::ArrayXXd residual = (x - y * r).array().abs();
-  const Eigen::ArrayXXd bound = 2.0 * double(n + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
+  const Eigen::ArrayXXd bound =
+      2.0 * double(n + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
   EXPECT_TRUE((residual <= bound).all())
       << "max residual " << residual.maxCoeff() << ", max bound " << bound.maxCoeff();
   EXPECT_TRUE(py.padding_is(quiet_nan<T>()));

@@ -64,7 +64,7 @@ class context<cpu> {
   [[nodiscard]] T* scratch(std::size_t count) {
     const std::size_t bytes = count * sizeof(T);
     if (bytes > scratch_bytes_) {
-      scratch_.reset(static_cast<std::byte*>(::operator new(bytes, std::align_val_t{64})));
+      scratch_.reset(static_cast<std::byte*>(::operator new (bytes, std::align_val_t{64})));
       scratch_bytes_ = bytes;
     }
     return reinterpret_cast<T*>(scratch_.get());
@@ -72,7 +72,7 @@ class context<cpu> {
 
  private:
   struct aligned_delete {
-    void operator()(std::byte* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
+    void operator()(std::byte* p) const noexcept { ::operator delete (p, std::align_val_t{64}); }
   };
   std::unique_ptr<detail::thread_pool> pool_;
   std::unique_ptr<std::byte, aligned_delete> scratch_;

@@ -164,8 +164,9 @@ void fill_random_cpu(random_stream s, matrix_view<T, cpu> x, index_t row0, index
 /// vectorised Box-Muller batch, whose lanes give the same bits as
 /// random_block<float, gaussian> (random/philox.hpp).
 template <>
-inline void fill_random_cpu<float, distribution::gaussian>(random_stream s, matrix_view<float, cpu> x,
-                                                            index_t row0, index_t col0) {
+inline void fill_random_cpu<float, distribution::gaussian>(random_stream s,
+                                                           matrix_view<float, cpu> x, index_t row0,
+                                                           index_t col0) {
   static_assert(gaussian_batch == 32, "16 Philox blocks give 32 pairs");
   std::uint32_t words[4][16];
   std::uint32_t w1[gaussian_batch];
@@ -274,9 +275,8 @@ struct ops<cpu> {
   /// C = alpha op(A) op(B) + beta C: row panels of C, column panels, or fixed
   /// chunks of the inner dimension (partial products added in order).
   template <scalar T>
-  static void gemm(context<cpu>& ctx, transpose ta, transpose tb, T alpha,
-                   input<T> a, input<T> b, T beta,
-                   matrix_view<T, cpu> c) {
+  static void gemm(context<cpu>& ctx, transpose ta, transpose tb, T alpha, input<T> a, input<T> b,
+                   T beta, matrix_view<T, cpu> c) {
     const index_t m = c.rows();
     const index_t n = c.cols();
     const index_t k = ta == transpose::no ? a.cols() : a.rows();
@@ -297,8 +297,8 @@ struct ops<cpu> {
     // (parts - 1) m n memory: no more than the inputs.
     const index_t row_parts = detail::blas_pieces(flops, m, double(k) * double(n), 64);
     const index_t col_parts = detail::blas_pieces(flops, n, double(m) * double(k), 64);
-    const index_t k_parts = std::min({detail::blas_pieces(flops, k / 8, 0, 16),
-                                      std::max<index_t>(1, (m + n) * k / (m * n))});
+    const index_t k_parts = std::min(
+        {detail::blas_pieces(flops, k / 8, 0, 16), std::max<index_t>(1, (m + n) * k / (m * n))});
     // Output panels first: chunking the inner dimension adds a reduction.
     if (row_parts >= col_parts && (row_parts >= 2 || k_parts == 1)) {
       detail::run_blas_tasks(ctx, row_parts, [&](index_t t) {
@@ -318,8 +318,8 @@ struct ops<cpu> {
         const auto r = detail::part(k, k_parts, t);
         auto& p = partial[static_cast<std::size_t>(t)];
         p.resize(m, n);
-        detail::gemm_piece(ta, tb, T(1), detail::op_cols(a, ta, r), detail::op_rows(b, tb, r),
-                           T(0), view(p));
+        detail::gemm_piece(ta, tb, T(1), detail::op_cols(a, ta, r), detail::op_rows(b, tb, r), T(0),
+                           view(p));
       });
       for (index_t t = 1; t < k_parts; ++t) partial[0] += partial[static_cast<std::size_t>(t)];
       auto cm = as_eigen(c);
@@ -336,9 +336,9 @@ struct ops<cpu> {
   template <scalar T>
   static void gram(context<cpu>& ctx, input<T> a, matrix_view<T, cpu> c) {
     const index_t n = a.cols();
-    const index_t parts =
-        std::min(detail::blas_pieces(2.0 * double(a.rows()) * double(n) * double(n), a.rows() / 8, 0, 16),
-                 std::max<index_t>(1, a.rows() / std::max<index_t>(n, 1)));
+    const index_t parts = std::min(
+        detail::blas_pieces(2.0 * double(a.rows()) * double(n) * double(n), a.rows() / 8, 0, 16),
+        std::max<index_t>(1, a.rows() / std::max<index_t>(n, 1)));
     std::vector<detail::host_matrix<T>> partial(static_cast<std::size_t>(parts));
     detail::run_blas_tasks(ctx, parts, [&](index_t t) {
       const auto r = detail::part(a.rows(), parts, t);
@@ -442,8 +442,8 @@ struct ops<cpu> {
   /// if it fails, recomputed by LAPACK gesvd or Eigen's Jacobi SVD.
   /// @throws lowrank::numerical_error if the SVD does not converge.
   template <scalar T>
-  static void svd(context<cpu>& /*ctx*/, input<T> a, matrix_view<T, cpu> u,
-                  vector_view<T, cpu> s, matrix_view<T, cpu> v) {
+  static void svd(context<cpu>& /*ctx*/, input<T> a, matrix_view<T, cpu> u, vector_view<T, cpu> s,
+                  matrix_view<T, cpu> v) {
     const index_t m = a.rows();
     const index_t n = a.cols();
     const index_t r = std::min(m, n);
@@ -464,7 +464,8 @@ struct ops<cpu> {
         detail::svd_tall_eigen<T>(work, as_eigen(v), as_eigen(s), as_eigen(u), robust);
       }
 #endif
-      if (robust || detail::svd_is_accurate<T>(as_eigen(a), as_eigen(u), as_eigen(s), as_eigen(v))) {
+      if (robust ||
+          detail::svd_is_accurate<T>(as_eigen(a), as_eigen(u), as_eigen(s), as_eigen(v))) {
         return;
       }
     }
@@ -478,7 +479,8 @@ struct ops<cpu> {
                           matrix_view<T, cpu> x, index_t row0 = 0, index_t col0 = 0) {
     check_random_range<T>(d, x, row0, col0);
     // Every element is a function of its indices: any split gives the same bits.
-    const index_t parts = std::min(detail::parts_of(x.size(), 16384, 64), std::max<index_t>(x.cols(), 1));
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 16384, 64), std::max<index_t>(x.cols(), 1));
     ctx.pool().run(parts, [&](index_t t) {
       const auto r = detail::part(x.cols(), parts, t);
       const auto piece = x.middle_cols(r.begin, r.size);
@@ -513,7 +515,8 @@ struct ops<cpu> {
   template <scalar T>
   static void scale_columns(context<cpu>& ctx, vector_input<T> d, matrix_view<T, cpu> x) {
     LOWRANK_ASSERT(d.size() == x.cols());
-    const index_t parts = std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
     ctx.pool().run(parts, [&](index_t t) {
       const auto r = detail::part(x.cols(), parts, t);
       for (index_t j = r.begin; j < r.begin + r.size; ++j) as_eigen(x.col(j)) *= d[j];
@@ -523,7 +526,8 @@ struct ops<cpu> {
   /// ||X||_F^2, accumulated in double (fixed column chunks, added in order).
   template <scalar T>
   static double squared_norm(context<cpu>& ctx, matrix_view<const T, cpu> x) {
-    const index_t parts = std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
     std::vector<double> partial(static_cast<std::size_t>(parts), 0.0);
     ctx.pool().run(parts, [&](index_t t) {
       const auto r = detail::part(x.cols(), parts, t);
@@ -544,8 +548,7 @@ struct ops<cpu> {
 
   /// out_j = ||X(:, j)||^2, accumulated in double.
   template <scalar T>
-  static void column_squared_norms(context<cpu>& /*ctx*/, input<T> x,
-                                   vector_view<T, cpu> out) {
+  static void column_squared_norms(context<cpu>& /*ctx*/, input<T> x, vector_view<T, cpu> out) {
     LOWRANK_ASSERT(out.size() == x.cols());
     for (index_t j = 0; j < x.cols(); ++j) out[j] = static_cast<T>(column_squared_norm(x, j));
   }
@@ -553,7 +556,8 @@ struct ops<cpu> {
   /// The column-major linear index of the first non-finite entry, or -1.
   template <scalar T>
   static index_t find_non_finite(context<cpu>& ctx, matrix_view<const T, cpu> x) {
-    const index_t parts = std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
     std::vector<index_t> first(static_cast<std::size_t>(parts), -1);
     ctx.pool().run(parts, [&](index_t t) {
       const auto r = detail::part(x.cols(), parts, t);
@@ -589,7 +593,8 @@ struct ops<cpu> {
   template <scalar T>
   static void signs_of_largest(context<cpu>& ctx, input<T> x, vector_view<T, cpu> out) {
     LOWRANK_ASSERT(out.size() == x.cols());
-    const index_t parts = std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
     ctx.pool().run(parts, [&](index_t t) {
       const auto r = detail::part(x.cols(), parts, t);
       for (index_t j = r.begin; j < r.begin + r.size; ++j) {
@@ -659,7 +664,8 @@ struct ops<cpu> {
     std::vector<T> buffer(static_cast<std::size_t>(lwork));
     call(buffer.data());
     if (info != 0) {
-      detail::throw_numerical_error(fn, "info", info, robust ? "0 from LAPACK gesvd" : "0 from LAPACK gesdd");
+      detail::throw_numerical_error(fn, "info", info,
+                                    robust ? "0 from LAPACK gesvd" : "0 from LAPACK gesdd");
     }
     as_eigen(v) = vt.transpose();
   }
@@ -674,15 +680,18 @@ struct ops<cpu> {
   }
 
   template <class T>
-  static void check_random_range(distribution d, matrix_view<T, cpu> x, index_t row0, index_t col0) {
+  static void check_random_range(distribution d, matrix_view<T, cpu> x, index_t row0,
+                                 index_t col0) {
     const index_t r = (d == distribution::rademacher || sizeof(T) == 4) ? 4 : 2;
     constexpr index_t counter_limit = index_t{1} << 32;
     const char* fn = "lowrank::ops<cpu>::fill_random";
     if (row0 < 0 || (row0 + x.rows()) > counter_limit * r) {
-      detail::throw_invalid_argument(fn, "row0", row0, "rows [row0, row0 + rows) within [0, 2^32 * R)");
+      detail::throw_invalid_argument(fn, "row0", row0,
+                                     "rows [row0, row0 + rows) within [0, 2^32 * R)");
     }
     if (col0 < 0 || col0 + x.cols() > counter_limit) {
-      detail::throw_invalid_argument(fn, "col0", col0, "columns [col0, col0 + cols) within [0, 2^32)");
+      detail::throw_invalid_argument(fn, "col0", col0,
+                                     "columns [col0, col0 + cols) within [0, 2^32)");
     }
   }
 };

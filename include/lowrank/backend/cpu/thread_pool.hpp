@@ -46,9 +46,7 @@ class thread_pool {
   ~thread_pool() {
     stop_.store(true);
     generation_.fetch_add(1);
-    {
-      const std::lock_guard lock(sleep_mutex_);
-    }
+    { const std::lock_guard lock(sleep_mutex_); }
     wake_.notify_all();
     for (auto& worker : workers_) worker.join();
   }

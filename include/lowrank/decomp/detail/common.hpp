@@ -60,7 +60,8 @@ struct oriented_operator {
 template <class T, class Backend>
 void require_non_empty(const char* function, matrix_view<const T, Backend> a) {
   if (a.empty()) {
-    throw_invalid_argument(function, "a", std::to_string(a.rows()) + " x " + std::to_string(a.cols()),
+    throw_invalid_argument(function, "a",
+                           std::to_string(a.rows()) + " x " + std::to_string(a.cols()),
                            "a non-empty matrix");
   }
 }

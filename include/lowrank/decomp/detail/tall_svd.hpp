@@ -31,9 +31,9 @@ namespace lowrank::detail {
 /// The leading `keep` singular triplets of X P (see tall_svd).
 template <class T, class Backend>
 struct tall_svd_factors {
-  matrix<T, Backend> w;                  ///< rows x keep, orthonormal columns
+  matrix<T, Backend> w;                   ///< rows x keep, orthonormal columns
   Eigen::Matrix<T, Eigen::Dynamic, 1> s;  ///< keep values, descending (host)
-  Eigen::MatrixXd v;                     ///< l x keep, orthonormal columns (host)
+  Eigen::MatrixXd v;                      ///< l x keep, orthonormal columns (host)
 };
 
 /// X P = W diag(s) V^T truncated to `keep` triplets, for X (rows x l,
@@ -65,8 +65,8 @@ tall_svd_factors<T, Backend> tall_svd(context<Backend>& ctx, matrix_view<T, Back
   ops<Backend>::upload(ctx, view(cu), cu_device.view());
   tall_svd_factors<T, Backend> out{matrix<T, Backend>(ctx, rows, keep), s.head(keep),
                                    v.leftCols(keep).template cast<double>()};
-  ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), as_const(x), as_const(cu_device.view()),
-                     T(0), out.w.view());
+  ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), as_const(x),
+                     as_const(cu_device.view()), T(0), out.w.view());
   return out;
 }
 
