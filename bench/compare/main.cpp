@@ -456,11 +456,16 @@ int main(int argc, char** argv) {
       std::vector<char> head(1 << 16);
       in.read(head.data(), static_cast<std::streamsize>(head.size()));
       head.resize(static_cast<std::size_t>(in.gcount()));
-      const bool float64 =
-          in.gcount() > 0 &&
-          lowrank::io::parse_npy_header(
-              std::span(reinterpret_cast<const std::byte*>(head.data()), head.size()))
-                  .dtype == lowrank::io::npy_dtype::float64;
+      bool float64 = false;
+      try {
+        float64 = lowrank::io::parse_npy_header(
+                      std::span(reinterpret_cast<const std::byte*>(head.data()), head.size()))
+                      .dtype == lowrank::io::npy_dtype::float64;
+      } catch (const lowrank::invalid_argument&) {
+        // Let the reader report the problem with the file's name.
+        (void)lowrank::io::read_npy<float>(*o.npy);
+        throw;
+      }
       const std::string input = o.npy->string();
       if (float64) {
         return compare<double>(lowrank::io::read_npy<double>(*o.npy), o, input, std::nullopt);
