@@ -19,7 +19,11 @@
 #include <functional>
 #include <iostream>
 #include <lowrank/io/npy.hpp>
+#if LOWRANK_COMPARE_CUDA
+#include <lowrank/cuda.hpp>
+#else
 #include <lowrank/lowrank.hpp>
+#endif
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -49,6 +53,9 @@ random U, V and the power law s_i = i^(-1/2) of a trained weight's spectrum):
   --npy FILE        a 2-D float32 or float64 .npy file (C or Fortran order)
   --size N          size of the generated matrix (default 2048)
 options:
+  --backend B       cpu (default) or cuda: where the methods run (cuda, when
+                    built with the CUDA backend, compares against cuSOLVER's
+                    gesvd and randomized gesvdr)
   --rank K          the rank to compare at (default 64)
   --tolerance T     relative error for the fixed-accuracy row (default: the
                     optimal rank-K error times 1.02)
@@ -69,6 +76,7 @@ struct options {
   int threads = lowrank::context<lowrank::cpu>::default_threads();
   int repeat = 3;
   bool skip_exact = false;
+  bool cuda = false;
   std::optional<fs::path> json;
 };
 
@@ -114,6 +122,17 @@ options parse(int argc, char** argv) {
       o.threads = static_cast<int>(parse_integer(flag, value(), 1));
     } else if (flag == "--repeat") {
       o.repeat = static_cast<int>(parse_integer(flag, value(), 1));
+    } else if (flag == "--backend") {
+      const std::string backend = value();
+      if (backend == "cuda") {
+#if LOWRANK_COMPARE_CUDA
+        o.cuda = true;
+#else
+        fail_usage("this lowrank-compare was built without the CUDA backend");
+#endif
+      } else if (backend != "cpu") {
+        fail_usage("--backend expects cpu or cuda, not '" + backend + "'");
+      }
     } else if (flag == "--skip-exact") {
       o.skip_exact = true;
     } else if (flag == "--json") {
@@ -312,6 +331,115 @@ class comparison {
     return rows_;
   }
 
+#if LOWRANK_COMPARE_CUDA
+  /// The GPU comparison: cuSOLVER's gesvd (through lowrank's backend) and
+  /// randomized gesvdr against lowrank's randomized SVDs on the device. Each
+  /// time includes the stream's synchronisation; the factors are downloaded
+  /// (untimed) to measure them like the CPU rows.
+  std::vector<result_row> run_cuda() {
+    using device_matrix = lowrank::matrix<T, lowrank::cuda>;
+    using device_vector = lowrank::vector<T, lowrank::cuda>;
+    const index_t k = o_.rank;
+    const index_t m = a_.rows();
+    const index_t n = a_.cols();
+    lowrank::context<lowrank::cuda> gpu;
+    const device_matrix a(gpu, a_);
+    int step = 0;
+    auto progress = [&](const char* what) {
+      std::fprintf(stderr, "[%d/4] %s ...\n", ++step, what);
+    };
+
+    if (!o_.skip_exact) {
+      progress("exact SVD (cuSOLVER gesvd)");
+      const index_t r = std::min(m, n);
+      device_matrix u(gpu, m, r);
+      device_matrix v(gpu, n, r);
+      device_vector s(gpu, r);
+      double seconds = 0;
+      timed(o_.repeat, seconds, [&] {
+        lowrank::ops<lowrank::cuda>::svd(gpu, a.view(), u.view(), s.view(), v.view());
+        gpu.synchronize();
+        return 0;
+      });
+      const column<T> hs = s.to_eigen();
+      if (!reference_) reference_ = hs.template cast<double>();
+      exact_seconds_ = seconds;
+      add("exact: cuSOLVER gesvd", seconds, u.to_eigen().leftCols(k), hs.head(k),
+          v.to_eigen().leftCols(k));
+    } else {
+      ++step;
+    }
+
+    progress("cuSOLVER randomized gesvdr, p = 10, q = 2");
+    {
+      const index_t p = std::min<index_t>(10, std::min(m, n) - k);
+      const index_t l = k + p;
+      constexpr cudaDataType type = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
+      device_matrix work(gpu, m, n);
+      device_matrix u(gpu, m, l);
+      device_matrix v(gpu, n, l);
+      device_vector s(gpu, l);
+      cusolverDnParams_t params = nullptr;
+      lowrank::detail::check(cusolverDnCreateParams(&params), "cusolverDnCreateParams");
+      std::size_t device_bytes = 0;
+      std::size_t host_bytes = 0;
+      lowrank::detail::check(
+          cusolverDnXgesvdr_bufferSize(gpu.solver(), params, 'S', 'S', m, n, k, p, 2, type,
+                                       work.data(), m, type, s.data(), type, u.data(), m, type,
+                                       v.data(), n, type, &device_bytes, &host_bytes),
+          "cusolverDnXgesvdr_bufferSize");
+      std::vector<char> host_work(std::max<std::size_t>(host_bytes, 1));
+      double seconds = 0;
+      timed(o_.repeat, seconds, [&] {
+        lowrank::ops<lowrank::cuda>::copy<T>(gpu, a.view(), work.view());  // gesvdr overwrites A
+        void* device_work = gpu.workspace(std::max<std::size_t>(device_bytes, 1));
+        lowrank::detail::check(
+            cusolverDnXgesvdr(gpu.solver(), params, 'S', 'S', m, n, k, p, 2, type, work.data(), m,
+                              type, s.data(), type, u.data(), m, type, v.data(), n, type,
+                              device_work, device_bytes, host_work.data(), host_bytes, gpu.info()),
+            "cusolverDnXgesvdr");
+        gpu.synchronize();
+        return 0;
+      });
+      cusolverDnDestroyParams(params);
+      add("cuSOLVER gesvdr q=2", seconds, u.to_eigen().leftCols(k), s.to_eigen().head(k),
+          v.to_eigen().leftCols(k));
+    }
+
+    progress("lowrank::randomized_svd on the GPU, q = 0, 1, 2");
+    for (const index_t q : {0, 1, 2}) {
+      double seconds = 0;
+      const auto r = timed(o_.repeat, seconds, [&] {
+        auto f =
+            lowrank::randomized_svd(gpu, a.view(), k, {.oversampling = 10, .power_iterations = q});
+        gpu.synchronize();
+        return f;
+      });
+      add("lowrank randomized q=" + std::to_string(q), seconds, r.u.to_eigen(), r.s.to_eigen(),
+          r.v.to_eigen());
+    }
+
+    progress("lowrank::randomized_svd on the GPU, fixed accuracy");
+    {
+      double tolerance = o_.tolerance;
+      if (tolerance == 0 && reference_) tolerance = 1.02 * optimal_error(k) / norm_;
+      if (tolerance == 0) tolerance = 0.1;
+      tolerance = std::clamp(tolerance, 1e-6, 0.99);
+      double seconds = 0;
+      const auto r = timed(o_.repeat, seconds, [&] {
+        auto f =
+            lowrank::randomized_svd(gpu, a.view(), lowrank::tolerance{.relative_error = tolerance});
+        gpu.synchronize();
+        return f;
+      });
+      char name[64];
+      std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
+      add(name, seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
+    }
+    return rows_;
+  }
+#endif
+
   [[nodiscard]] double norm() const { return norm_; }
 
  private:
@@ -394,6 +522,39 @@ void write_json(const fs::path& file, const nlohmann::json& document) {
 }
 
 template <class T>
+void write_results(const fs::path& file, const options& o, const std::string& input,
+                   const dense<T>& a, double norm, const std::vector<result_row>& rows) {
+  nlohmann::json document;
+  document["input"] = {{"description", input},
+                       {"rows", a.rows()},
+                       {"cols", a.cols()},
+                       {"dtype", std::is_same_v<T, float> ? "float32" : "float64"},
+                       {"frobenius_norm", norm}};
+  document["rank"] = o.rank;
+  document["threads"] = o.threads;
+  document["backend"] = o.cuda ? "cuda" : "cpu";
+  document["lowrank_version"] = std::to_string(lowrank::version_major) + "." +
+                                std::to_string(lowrank::version_minor) + "." +
+                                std::to_string(lowrank::version_patch);
+  auto& methods = document["methods"] = nlohmann::json::array();
+  for (const auto& r : rows) {
+    auto optional = [](const std::optional<double>& v) -> nlohmann::json {
+      return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+    };
+    methods.push_back({{"method", r.method},
+                       {"rank", r.rank},
+                       {"seconds", r.seconds},
+                       {"relative_error", r.relative_error},
+                       {"error_over_optimum", optional(r.over_optimum)},
+                       {"s1_relative_error", optional(r.s1_error)},
+                       {"sk_relative_error", optional(r.sk_error)},
+                       {"speedup_over_exact", optional(r.speedup)}});
+  }
+  write_json(file, document);
+  std::fprintf(stderr, "wrote %s\n", file.string().c_str());
+}
+
+template <class T>
 int compare(const dense<T>& a, const options& o, const std::string& input,
             const std::optional<column<double>>& known_spectrum) {
   if (o.rank > std::min(a.rows(), a.cols())) {
@@ -405,6 +566,17 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
   if (known_spectrum) c.set_reference(*known_spectrum);
   std::printf("input: %s, %ld x %ld %s, ||A||_F = %.6g\n", input.c_str(), long(a.rows()),
               long(a.cols()), std::is_same_v<T, float> ? "float32" : "float64", c.norm());
+#if LOWRANK_COMPARE_CUDA
+  if (o.cuda) {
+    cudaDeviceProp properties{};
+    lowrank::detail::check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
+    std::printf("backend: cuda, device 0: %s\n", properties.name);
+    const auto rows = c.run_cuda();
+    print_table(rows);
+    if (o.json) write_results(*o.json, o, input, a, c.norm(), rows);
+    return 0;
+  }
+#endif
   std::printf("threads: lowrank %d over a single-threaded BLAS; peers on %s\n", o.threads,
               blas.openblas() ? ("OpenBLAS with " +
                                  std::to_string(std::max(blas.initial(), o.threads)) + " threads")
@@ -413,35 +585,7 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
   const auto rows = c.run();
   print_table(rows);
 
-  if (o.json) {
-    nlohmann::json document;
-    document["input"] = {{"description", input},
-                         {"rows", a.rows()},
-                         {"cols", a.cols()},
-                         {"dtype", std::is_same_v<T, float> ? "float32" : "float64"},
-                         {"frobenius_norm", c.norm()}};
-    document["rank"] = o.rank;
-    document["threads"] = o.threads;
-    document["lowrank_version"] = std::to_string(lowrank::version_major) + "." +
-                                  std::to_string(lowrank::version_minor) + "." +
-                                  std::to_string(lowrank::version_patch);
-    auto& methods = document["methods"] = nlohmann::json::array();
-    for (const auto& r : rows) {
-      auto optional = [](const std::optional<double>& v) -> nlohmann::json {
-        return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
-      };
-      methods.push_back({{"method", r.method},
-                         {"rank", r.rank},
-                         {"seconds", r.seconds},
-                         {"relative_error", r.relative_error},
-                         {"error_over_optimum", optional(r.over_optimum)},
-                         {"s1_relative_error", optional(r.s1_error)},
-                         {"sk_relative_error", optional(r.sk_error)},
-                         {"speedup_over_exact", optional(r.speedup)}});
-    }
-    write_json(*o.json, document);
-    std::fprintf(stderr, "wrote %s\n", o.json->string().c_str());
-  }
+  if (o.json) write_results(*o.json, o, input, a, c.norm(), rows);
   return 0;
 }
 

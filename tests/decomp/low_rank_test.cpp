@@ -9,8 +9,8 @@ namespace lowrank::test {
 namespace {
 
 template <class Config>
-class low_rank_test : public ::testing::Test {};
-TYPED_TEST_SUITE(low_rank_test, cpu_configs, config_names);
+class low_rank_test : public backend_test<Config> {};
+TYPED_TEST_SUITE(low_rank_test, test_configs, config_names);
 
 TYPED_TEST(low_rank_test, reconstruct_apply_and_parameter_count) {
   using T = typename TypeParam::scalar;

@@ -14,8 +14,8 @@ namespace lowrank::test {
 namespace {
 
 template <class Config>
-class orthonormalize_test : public ::testing::Test {};
-TYPED_TEST_SUITE(orthonormalize_test, cpu_configs, config_names);
+class orthonormalize_test : public backend_test<Config> {};
+TYPED_TEST_SUITE(orthonormalize_test, test_configs, config_names);
 
 /// Y with singular values geometrically spaced from 1 to 1 / cond.
 Eigen::MatrixXd conditioned(index_t m, index_t l, double cond, std::uint64_t seed) {

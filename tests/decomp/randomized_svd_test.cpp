@@ -38,8 +38,8 @@ host_matrix<T> case_matrix(spectrum_kind kind, shape sh) {
 }
 
 template <class Config>
-class randomized_svd_test : public ::testing::Test {};
-TYPED_TEST_SUITE(randomized_svd_test, cpu_configs, config_names);
+class randomized_svd_test : public backend_test<Config> {};
+TYPED_TEST_SUITE(randomized_svd_test, test_configs, config_names);
 
 // Frobenius error <= 1.02 x the Eckart-Young optimum on every spectrum and
 // shape (q = 2, p = 10); spectral error <= 1.2 s_{k+1} on the decaying ones.

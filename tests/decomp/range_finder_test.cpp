@@ -13,8 +13,8 @@ namespace lowrank::test {
 namespace {
 
 template <class Config>
-class range_finder_test : public ::testing::Test {};
-TYPED_TEST_SUITE(range_finder_test, cpu_configs, config_names);
+class range_finder_test : public backend_test<Config> {};
+TYPED_TEST_SUITE(range_finder_test, test_configs, config_names);
 
 // With l = k + 10 columns and q = 2, ||A - Q Q^T A||_F is within 2% of the
 // best rank-k error (HMT Theorem 10.7 and Corollary 10.10), and never below the
@@ -45,6 +45,7 @@ TYPED_TEST(range_finder_test, captures_the_dominant_range) {
 // The Eigen overload is the context form on the CPU.
 TYPED_TEST(range_finder_test, eigen_overload) {
   using T = typename TypeParam::scalar;
+  if constexpr (!std::is_same_v<typename TypeParam::backend, cpu>) GTEST_SKIP() << "CPU overloads";
   const host_matrix<T> a = host_matrix<T>::Random(40, 30);
   context<cpu> ctx;
   EXPECT_EQ(range_finder(a, 5, {.seed = 9}), range_finder(ctx, view(a), 5, {.seed = 9}));

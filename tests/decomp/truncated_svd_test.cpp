@@ -13,8 +13,8 @@ namespace lowrank::test {
 namespace {
 
 template <class Config>
-class truncated_svd_test : public ::testing::Test {};
-TYPED_TEST_SUITE(truncated_svd_test, cpu_configs, config_names);
+class truncated_svd_test : public backend_test<Config> {};
+TYPED_TEST_SUITE(truncated_svd_test, test_configs, config_names);
 
 // Singular values to 1e-10 relative (double) / 1e-4 relative to s_1 (float);
 // U and V orthonormal to 1e-12 / 1e-5; Eckart-Young optimal error.
@@ -59,6 +59,7 @@ TYPED_TEST(truncated_svd_test, exact_singular_values_and_orthonormal_factors) {
 // k = min(m, n) returns the whole SVD; the Eigen overload is the context form.
 TYPED_TEST(truncated_svd_test, full_rank_and_eigen_overload) {
   using T = typename TypeParam::scalar;
+  if constexpr (!std::is_same_v<typename TypeParam::backend, cpu>) GTEST_SKIP() << "CPU overloads";
   const host_matrix<T> a = host_matrix<T>::Random(25, 12);
   const auto r = truncated_svd(a, 12);
   EXPECT_EQ(r.rank(), 12);

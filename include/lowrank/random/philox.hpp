@@ -32,11 +32,9 @@
 #include <cmath>
 #include <cstdint>
 
-#include "lowrank/core/config.hpp"
-
-#if !defined(__CUDA_ARCH__)
 #include <Eigen/Core>
-#endif
+
+#include "lowrank/core/config.hpp"
 
 namespace lowrank {
 
@@ -135,7 +133,9 @@ LOWRANK_HOST_DEVICE inline void box_muller(double u1, double u2, double& z0, dou
   z1 = r * sin(theta);
 }
 
-#if !defined(__CUDA_ARCH__)
+// Host-only helpers (no LOWRANK_HOST_DEVICE): declared in every compilation
+// pass, so host code can use them when nvcc compiles for the device too.
+
 /// random_words for the 16 consecutive blocks block0, ..., block0 + 15 of one
 /// column, as four arrays (word w of block block0 + t in out[w][t]): the same
 /// Philox rounds written lane-wise so that the compiler vectorises them.
@@ -200,7 +200,6 @@ inline void box_muller_float_batch(const std::uint32_t* w1, const std::uint32_t*
   out0 = r * theta.cos();
   out1 = r * theta.sin();
 }
-#endif
 
 }  // namespace detail
 

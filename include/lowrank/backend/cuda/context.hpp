@@ -1,0 +1,134 @@
+#pragma once
+/// @file
+/// The CUDA execution context: one device, one non-blocking stream, a cuBLAS
+/// and a cuSOLVER handle bound to it, and reusable device workspace.
+///
+/// RAII, non-copyable, movable; no global state. Every operation of
+/// `ops<cuda>` is ordered on the context's stream; the ones that return host
+/// values (norms, downloads, cuSOLVER's devInfo) synchronise it. Create the
+/// context on the thread that uses it (its constructor makes its device
+/// current there); `make_current()` re-selects the device on another thread.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <cstddef>
+#include <utility>
+
+#include "lowrank/backend/cuda/error.hpp"
+#include "lowrank/core/backend.hpp"
+
+namespace lowrank {
+
+template <>
+class context<cuda> {
+ public:
+  /// A context on `device` (default 0).
+  /// @throws std::system_error if the device cannot be used.
+  explicit context(int device = 0) : device_(device) {
+    detail::check(cudaSetDevice(device), "lowrank::context<cuda>: cudaSetDevice");
+    try {
+      detail::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+                    "lowrank::context<cuda>: cudaStreamCreateWithFlags");
+      detail::check(cublasCreate(&blas_), "lowrank::context<cuda>: cublasCreate");
+      detail::check(cublasSetStream(blas_, stream_), "lowrank::context<cuda>: cublasSetStream");
+      detail::check(cusolverDnCreate(&solver_), "lowrank::context<cuda>: cusolverDnCreate");
+      detail::check(cusolverDnSetStream(solver_, stream_),
+                    "lowrank::context<cuda>: cusolverDnSetStream");
+      detail::check(cudaMallocAsync(reinterpret_cast<void**>(&info_), sizeof(int), stream_),
+                    "lowrank::context<cuda>: cudaMallocAsync");
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+
+  context(const context&) = delete;
+  context& operator=(const context&) = delete;
+  context(context&& other) noexcept { take(other); }
+  context& operator=(context&& other) noexcept {
+    if (this != &other) {
+      release();
+      take(other);
+    }
+    return *this;
+  }
+  ~context() { release(); }
+
+  /// True when at least one CUDA device is usable (a driver and a device).
+  [[nodiscard]] static bool device_available() noexcept {
+    int count = 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  }
+
+  [[nodiscard]] int device() const noexcept { return device_; }
+  [[nodiscard]] cudaStream_t stream() const noexcept { return stream_; }
+  [[nodiscard]] cublasHandle_t blas() const noexcept { return blas_; }
+  [[nodiscard]] cusolverDnHandle_t solver() const noexcept { return solver_; }
+  /// A device int for cuSOLVER's devInfo.
+  [[nodiscard]] int* info() const noexcept { return info_; }
+
+  /// Makes the context's device current on the calling thread.
+  void make_current() const {
+    detail::check(cudaSetDevice(device_), "lowrank::context<cuda>::make_current");
+  }
+
+  /// Waits for everything queued on the stream.
+  void synchronize() const {
+    detail::check(cudaStreamSynchronize(stream_), "lowrank::context<cuda>::synchronize");
+  }
+
+  /// Device workspace of at least `bytes` bytes, stream-ordered, kept across
+  /// calls (grown when too small). One user at a time: the next call may
+  /// invalidate it.
+  [[nodiscard]] void* workspace(std::size_t bytes) {
+    if (bytes > workspace_bytes_) {
+      if (workspace_ != nullptr) cudaFreeAsync(workspace_, stream_);
+      workspace_ = nullptr;
+      workspace_bytes_ = 0;
+      detail::check(cudaMallocAsync(&workspace_, bytes, stream_),
+                    "lowrank::context<cuda>::workspace: cudaMallocAsync");
+      workspace_bytes_ = bytes;
+    }
+    return workspace_;
+  }
+
+ private:
+  void take(context& other) noexcept {
+    device_ = other.device_;
+    stream_ = std::exchange(other.stream_, nullptr);
+    blas_ = std::exchange(other.blas_, nullptr);
+    solver_ = std::exchange(other.solver_, nullptr);
+    info_ = std::exchange(other.info_, nullptr);
+    workspace_ = std::exchange(other.workspace_, nullptr);
+    workspace_bytes_ = std::exchange(other.workspace_bytes_, 0);
+  }
+
+  void release() noexcept {
+    if (stream_ != nullptr) {
+      if (workspace_ != nullptr) cudaFreeAsync(workspace_, stream_);
+      if (info_ != nullptr) cudaFreeAsync(info_, stream_);
+      cudaStreamSynchronize(stream_);
+    }
+    if (solver_ != nullptr) cusolverDnDestroy(solver_);
+    if (blas_ != nullptr) cublasDestroy(blas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    stream_ = nullptr;
+    solver_ = nullptr;
+    blas_ = nullptr;
+    info_ = nullptr;
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+  }
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  cusolverDnHandle_t solver_ = nullptr;
+  int* info_ = nullptr;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
+};
+
+}  // namespace lowrank

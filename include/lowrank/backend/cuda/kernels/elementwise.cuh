@@ -1,0 +1,42 @@
+#pragma once
+/// @file
+/// Element-wise kernels of the CUDA backend (internal).
+
+#include "lowrank/backend/cuda/kernels/launch.cuh"
+
+namespace lowrank::detail::kernels {
+
+/// X = value.
+template <class T>
+__global__ void fill(T* x, index_t rows, index_t cols, index_t ld, T value) {
+  const index_t n = rows * cols;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += index_t(gridDim.x) * blockDim.x) {
+    x[k % rows + (k / rows) * ld] = value;
+  }
+}
+
+/// X = X diag(d).
+template <class T>
+__global__ void scale_columns(const T* d, T* x, index_t rows, index_t cols, index_t ld) {
+  const index_t n = rows * cols;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += index_t(gridDim.x) * blockDim.x) {
+    const index_t j = k / rows;
+    x[k % rows + j * ld] *= d[j];
+  }
+}
+
+/// R (n x n) = the upper triangle of the top n x n block of Y, zeros below.
+template <class T>
+__global__ void upper_triangle(const T* y, index_t ldy, T* r, index_t ldr, index_t n) {
+  const index_t total = n * n;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < total;
+       k += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = k % n;
+    const index_t j = k / n;
+    r[i + j * ldr] = i <= j ? y[i + j * ldy] : T(0);
+  }
+}
+
+}  // namespace lowrank::detail::kernels

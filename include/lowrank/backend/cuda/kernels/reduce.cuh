@@ -1,0 +1,114 @@
+#pragma once
+/// @file
+/// Reductions of the CUDA backend (internal). Each is deterministic: a fixed
+/// grid, a fixed assignment of elements to threads and a fixed tree, so the
+/// same input gives the same bits on every run and every GPU. Sums are
+/// accumulated in double.
+
+#include <cmath>
+
+#include "lowrank/backend/cuda/kernels/launch.cuh"
+
+namespace lowrank::detail::kernels {
+
+/// Tree-sums `value` over the block; thread 0 gets the total.
+__device__ inline double block_sum(double value) {
+  __shared__ double shared[block_threads];
+  shared[threadIdx.x] = value;
+  __syncthreads();
+  for (int width = block_threads / 2; width > 0; width /= 2) {
+    if (int(threadIdx.x) < width) shared[threadIdx.x] += shared[threadIdx.x + width];
+    __syncthreads();
+  }
+  return shared[0];
+}
+
+/// partial[b] = the sum of squares of the elements that grid block b visits
+/// (a grid of exactly `blocks` blocks).
+template <class T>
+__global__ void squared_norm_partials(const T* x, index_t rows, index_t cols, index_t ld,
+                                      double* partial) {
+  const index_t n = rows * cols;
+  double sum = 0;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += index_t(gridDim.x) * blockDim.x) {
+    const double v = double(x[k % rows + (k / rows) * ld]);
+    sum += v * v;
+  }
+  const double total = block_sum(sum);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+/// out[0] = the sum of partial[0 .. count), in one block (a template, so that
+/// the header may be included by several translation units).
+template <class Unused = void>
+__global__ void sum_partials(const double* partial, index_t count, double* out) {
+  double sum = 0;
+  for (index_t k = threadIdx.x; k < count; k += blockDim.x) sum += partial[k];
+  const double total = block_sum(sum);
+  if (threadIdx.x == 0) out[0] = total;
+}
+
+/// out[j] = ||X(:, j)||^2, one block per column.
+template <class T>
+__global__ void column_squared_norms(const T* x, index_t rows, index_t cols, index_t ld, T* out) {
+  for (index_t j = blockIdx.x; j < cols; j += gridDim.x) {
+    double sum = 0;
+    for (index_t i = threadIdx.x; i < rows; i += blockDim.x) {
+      const double v = double(x[i + j * ld]);
+      sum += v * v;
+    }
+    const double total = block_sum(sum);
+    if (threadIdx.x == 0) out[j] = T(total);
+    __syncthreads();
+  }
+}
+
+/// *first = min(*first, linear index of every non-finite entry).
+template <class T>
+__global__ void find_non_finite(const T* x, index_t rows, index_t cols, index_t ld,
+                                unsigned long long* first) {
+  const index_t n = rows * cols;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += index_t(gridDim.x) * blockDim.x) {
+    if (!isfinite(x[k % rows + (k / rows) * ld]))
+      atomicMin(first, static_cast<unsigned long long>(k));
+  }
+}
+
+/// out[j] = the sign of the largest-magnitude entry of column j (the first
+/// on ties; +1 for a zero column), one block per column.
+template <class T>
+__global__ void signs_of_largest(const T* x, index_t rows, index_t cols, index_t ld, T* out) {
+  __shared__ T best[block_threads];
+  __shared__ index_t where[block_threads];
+  for (index_t j = blockIdx.x; j < cols; j += gridDim.x) {
+    T b = -1;
+    index_t w = rows;
+    for (index_t i = threadIdx.x; i < rows; i += blockDim.x) {
+      const T a = fabs(x[i + j * ld]);
+      if (a > b) {  // strictly larger: keeps the first of equal values; skips NaN
+        b = a;
+        w = i;
+      }
+    }
+    best[threadIdx.x] = b;
+    where[threadIdx.x] = w;
+    __syncthreads();
+    for (int width = block_threads / 2; width > 0; width /= 2) {
+      if (int(threadIdx.x) < width) {
+        const T ob = best[threadIdx.x + width];
+        const index_t ow = where[threadIdx.x + width];
+        if (ob > best[threadIdx.x] || (ob == best[threadIdx.x] && ow < where[threadIdx.x])) {
+          best[threadIdx.x] = ob;
+          where[threadIdx.x] = ow;
+        }
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) out[j] = (where[0] < rows && x[where[0] + j * ld] < T(0)) ? T(-1) : T(1);
+    __syncthreads();
+  }
+}
+
+}  // namespace lowrank::detail::kernels

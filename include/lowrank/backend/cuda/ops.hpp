@@ -1,0 +1,440 @@
+#pragma once
+/// @file
+/// The CUDA operation table, `lowrank::ops<lowrank::cuda>`: cuBLAS for the
+/// products, cuSOLVER for Householder QR and the SVD, lowrank's kernels
+/// (backend/cuda/kernels/) for the random fills, element-wise maps and
+/// reductions. The semantics are those of `lowrank::backend_for`
+/// (core/concepts.hpp); every operation is queued on the context's stream,
+/// and those that return host values (squared_norm, find_non_finite,
+/// download, and the cuSOLVER calls, whose devInfo is read) synchronise it.
+/// Every status is checked (backend/cuda/error.hpp).
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "lowrank/backend/cuda/context.hpp"
+#include "lowrank/backend/cuda/error.hpp"
+#include "lowrank/backend/cuda/kernels/elementwise.cuh"
+#include "lowrank/backend/cuda/kernels/launch.cuh"
+#include "lowrank/backend/cuda/kernels/random.cuh"
+#include "lowrank/backend/cuda/kernels/reduce.cuh"
+#include "lowrank/backend/cuda/matrix.hpp"
+#include "lowrank/core/concepts.hpp"
+#include "lowrank/core/error.hpp"
+#include "lowrank/core/matrix_view.hpp"
+#include "lowrank/random/philox.hpp"
+
+namespace lowrank {
+
+namespace detail::cuda_blas {
+
+inline cublasOperation_t op(transpose t) noexcept {
+  return t == transpose::no ? CUBLAS_OP_N : CUBLAS_OP_T;
+}
+
+inline cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                           int64_t n, int64_t k, const float* alpha, const float* a, int64_t lda,
+                           const float* b, int64_t ldb, const float* beta, float* c, int64_t ldc) {
+  return cublasSgemm_64(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                           int64_t n, int64_t k, const double* alpha, const double* a, int64_t lda,
+                           const double* b, int64_t ldb, const double* beta, double* c,
+                           int64_t ldc) {
+  return cublasDgemm_64(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline cublasStatus_t syrk(cublasHandle_t h, int64_t n, int64_t k, const float* a, int64_t lda,
+                           float* c, int64_t ldc) {
+  const float one = 1;
+  const float zero = 0;
+  return cublasSsyrk_64(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_T, n, k, &one, a, lda, &zero, c, ldc);
+}
+inline cublasStatus_t syrk(cublasHandle_t h, int64_t n, int64_t k, const double* a, int64_t lda,
+                           double* c, int64_t ldc) {
+  const double one = 1;
+  const double zero = 0;
+  return cublasDsyrk_64(h, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_T, n, k, &one, a, lda, &zero, c, ldc);
+}
+/// C = A^T (A m x n, C n x m).
+inline cublasStatus_t transpose_into(cublasHandle_t h, int64_t m, int64_t n, const float* a,
+                                     int64_t lda, float* c, int64_t ldc) {
+  const float one = 1;
+  const float zero = 0;
+  return cublasSgeam_64(h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, &one, a, lda, &zero, c, ldc, c, ldc);
+}
+inline cublasStatus_t transpose_into(cublasHandle_t h, int64_t m, int64_t n, const double* a,
+                                     int64_t lda, double* c, int64_t ldc) {
+  const double one = 1;
+  const double zero = 0;
+  return cublasDgeam_64(h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, &one, a, lda, &zero, c, ldc, c, ldc);
+}
+
+inline cusolverStatus_t geqrf_buffer(cusolverDnHandle_t h, int m, int n, float* a, int lda,
+                                     int* lwork) {
+  return cusolverDnSgeqrf_bufferSize(h, m, n, a, lda, lwork);
+}
+inline cusolverStatus_t geqrf_buffer(cusolverDnHandle_t h, int m, int n, double* a, int lda,
+                                     int* lwork) {
+  return cusolverDnDgeqrf_bufferSize(h, m, n, a, lda, lwork);
+}
+inline cusolverStatus_t geqrf(cusolverDnHandle_t h, int m, int n, float* a, int lda, float* tau,
+                              float* work, int lwork, int* info) {
+  return cusolverDnSgeqrf(h, m, n, a, lda, tau, work, lwork, info);
+}
+inline cusolverStatus_t geqrf(cusolverDnHandle_t h, int m, int n, double* a, int lda, double* tau,
+                              double* work, int lwork, int* info) {
+  return cusolverDnDgeqrf(h, m, n, a, lda, tau, work, lwork, info);
+}
+inline cusolverStatus_t orgqr_buffer(cusolverDnHandle_t h, int m, int n, const float* a, int lda,
+                                     const float* tau, int* lwork) {
+  return cusolverDnSorgqr_bufferSize(h, m, n, n, a, lda, tau, lwork);
+}
+inline cusolverStatus_t orgqr_buffer(cusolverDnHandle_t h, int m, int n, const double* a, int lda,
+                                     const double* tau, int* lwork) {
+  return cusolverDnDorgqr_bufferSize(h, m, n, n, a, lda, tau, lwork);
+}
+inline cusolverStatus_t orgqr(cusolverDnHandle_t h, int m, int n, float* a, int lda,
+                              const float* tau, float* work, int lwork, int* info) {
+  return cusolverDnSorgqr(h, m, n, n, a, lda, tau, work, lwork, info);
+}
+inline cusolverStatus_t orgqr(cusolverDnHandle_t h, int m, int n, double* a, int lda,
+                              const double* tau, double* work, int lwork, int* info) {
+  return cusolverDnDorgqr(h, m, n, n, a, lda, tau, work, lwork, info);
+}
+inline cusolverStatus_t gesvd_buffer(cusolverDnHandle_t h, int m, int n, float, int* lwork) {
+  return cusolverDnSgesvd_bufferSize(h, m, n, lwork);
+}
+inline cusolverStatus_t gesvd_buffer(cusolverDnHandle_t h, int m, int n, double, int* lwork) {
+  return cusolverDnDgesvd_bufferSize(h, m, n, lwork);
+}
+inline cusolverStatus_t gesvd(cusolverDnHandle_t h, int m, int n, float* a, int lda, float* s,
+                              float* u, int ldu, float* vt, int ldvt, float* work, int lwork,
+                              float* rwork, int* info) {
+  return cusolverDnSgesvd(h, 'S', 'S', m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, rwork, info);
+}
+inline cusolverStatus_t gesvd(cusolverDnHandle_t h, int m, int n, double* a, int lda, double* s,
+                              double* u, int ldu, double* vt, int ldvt, double* work, int lwork,
+                              double* rwork, int* info) {
+  return cusolverDnDgesvd(h, 'S', 'S', m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, rwork, info);
+}
+
+/// A dimension as cuSOLVER's legacy 32-bit int.
+inline int to_int(index_t value, const char* function, const char* what) {
+  if (value > std::numeric_limits<int>::max()) {
+    throw_invalid_argument(function, what, value, "<= 2^31 - 1 for cuSOLVER");
+  }
+  return static_cast<int>(value);
+}
+
+}  // namespace detail::cuda_blas
+
+template <>
+struct ops<cuda> {
+  using backend = cuda;
+
+  /// A read-only operand whose element type is deduced from the other arguments.
+  template <class T>
+  using input = matrix_view<const std::type_identity_t<T>, cuda>;
+  template <class T>
+  using vector_input = vector_view<const std::type_identity_t<T>, cuda>;
+
+  /// C = alpha op(A) op(B) + beta C (cuBLAS gemm; beta = 0 ignores C).
+  template <scalar T>
+  static void gemm(context<cuda>& ctx, transpose ta, transpose tb, T alpha, input<T> a, input<T> b,
+                   T beta, matrix_view<T, cuda> c) {
+    if (c.empty()) return;
+    const index_t k = ta == transpose::no ? a.cols() : a.rows();
+    detail::check(
+        detail::cuda_blas::gemm(ctx.blas(), detail::cuda_blas::op(ta), detail::cuda_blas::op(tb),
+                                c.rows(), c.cols(), k, &alpha, a.data(), a.ld(), b.data(), b.ld(),
+                                &beta, c.data(), c.ld()),
+        "lowrank::ops<cuda>::gemm: cublas<t>gemm_64");
+  }
+
+  /// The lower triangle of C = A^T A (cuBLAS syrk).
+  template <scalar T>
+  static void gram(context<cuda>& ctx, input<T> a, matrix_view<T, cuda> c) {
+    if (c.empty()) return;
+    detail::check(
+        detail::cuda_blas::syrk(ctx.blas(), a.cols(), a.rows(), a.data(), a.ld(), c.data(), c.ld()),
+        "lowrank::ops<cuda>::gram: cublas<t>syrk_64");
+  }
+
+  /// Y = Y R in place (a product into the context's workspace, copied back).
+  template <scalar T>
+  static void multiply_right(context<cuda>& ctx, input<T> r, matrix_view<T, cuda> y) {
+    if (y.empty()) return;
+    T* product = static_cast<T*>(ctx.workspace(sizeof(T) * std::size_t(y.size())));
+    gemm<T>(ctx, transpose::no, transpose::no, T(1), y, r, T(0), {product, y.rows(), y.cols()});
+    detail::copy_2d(product, y.rows(), y.data(), y.ld(), y.rows(), y.cols(),
+                    cudaMemcpyDeviceToDevice, ctx.stream(),
+                    "lowrank::ops<cuda>::multiply_right: cudaMemcpy2DAsync");
+  }
+
+  /// Householder QR Y = Q R (cuSOLVER geqrf, then orgqr): Y becomes the thin
+  /// Q, r receives R.
+  template <scalar T>
+  static void householder_orthonormalize(context<cuda>& ctx, matrix_view<T, cuda> y,
+                                         matrix_view<T, cuda> r) {
+    namespace cb = detail::cuda_blas;
+    const char* fn = "lowrank::ops<cuda>::householder_orthonormalize";
+    const int m = cb::to_int(y.rows(), fn, "y.rows()");
+    const int n = cb::to_int(y.cols(), fn, "y.cols()");
+    const int ld = cb::to_int(y.ld(), fn, "y.ld()");
+    LOWRANK_ASSERT(m >= n && r.rows() == n && r.cols() == n);
+    if (n == 0) return;
+    int lwork_qr = 0;
+    int lwork_q = 0;
+    detail::check(cb::geqrf_buffer(ctx.solver(), m, n, y.data(), ld, &lwork_qr),
+                  "lowrank::ops<cuda>::householder_orthonormalize: cusolverDn<t>geqrf_bufferSize");
+    T* tau = static_cast<T*>(
+        ctx.workspace(sizeof(T) * std::size_t(n + std::max(lwork_qr, 1))));  // sized again below
+    detail::check(cb::orgqr_buffer(ctx.solver(), m, n, y.data(), ld, tau, &lwork_q),
+                  "lowrank::ops<cuda>::householder_orthonormalize: cusolverDn<t>orgqr_bufferSize");
+    const int lwork = std::max({lwork_qr, lwork_q, 1});
+    tau = static_cast<T*>(ctx.workspace(sizeof(T) * std::size_t(n + lwork)));
+    T* work = tau + n;
+    detail::check(cb::geqrf(ctx.solver(), m, n, y.data(), ld, tau, work, lwork, ctx.info()),
+                  "lowrank::ops<cuda>::householder_orthonormalize: cusolverDn<t>geqrf");
+    check_info(ctx, "lowrank::ops<cuda>::householder_orthonormalize: cusolverDn<t>geqrf");
+    detail::kernels::upper_triangle<<<detail::kernels::grid_for(index_t(n) * n),
+                                      detail::kernels::block_threads, 0, ctx.stream()>>>(
+        y.data(), y.ld(), r.data(), r.ld(), index_t(n));
+    detail::check(cudaGetLastError(),
+                  "lowrank::ops<cuda>::householder_orthonormalize: upper_triangle");
+    detail::check(cb::orgqr(ctx.solver(), m, n, y.data(), ld, tau, work, lwork, ctx.info()),
+                  "lowrank::ops<cuda>::householder_orthonormalize: cusolverDn<t>orgqr");
+    check_info(ctx, "lowrank::ops<cuda>::householder_orthonormalize: cusolverDn<t>orgqr");
+  }
+
+  /// Thin SVD A = U diag(s) V^T (cuSOLVER gesvd, QR iteration; on A^T when
+  /// A is wide, since gesvd needs m >= n).
+  /// @throws lowrank::numerical_error if gesvd does not converge.
+  template <scalar T>
+  static void svd(context<cuda>& ctx, input<T> a, matrix_view<T, cuda> u, vector_view<T, cuda> s,
+                  matrix_view<T, cuda> v) {
+    namespace cb = detail::cuda_blas;
+    const char* fn = "lowrank::ops<cuda>::svd";
+    const bool wide = a.rows() < a.cols();
+    // gesvd on the tall one of A and A^T: X (mt x nt) = U' S V'^T.
+    const index_t mt = wide ? a.cols() : a.rows();
+    const index_t nt = wide ? a.rows() : a.cols();
+    if (nt == 0) return;
+    const int m = cb::to_int(mt, fn, "rows");
+    const int n = cb::to_int(nt, fn, "cols");
+    int lwork = 0;
+    detail::check(cb::gesvd_buffer(ctx.solver(), m, n, T(0), &lwork),
+                  "lowrank::ops<cuda>::svd: cusolverDn<t>gesvd_bufferSize");
+    lwork = std::max(lwork, 1);
+    // Workspace: X (mt x nt), U' (mt x nt), V'^T (nt x nt), rwork (nt), work.
+    const std::size_t count =
+        std::size_t(mt * nt) * 2 + std::size_t(nt * nt) + std::size_t(nt) + std::size_t(lwork);
+    T* x = static_cast<T*>(ctx.workspace(sizeof(T) * count));
+    T* up = x + mt * nt;
+    T* vpt = up + mt * nt;
+    T* rwork = vpt + nt * nt;
+    T* work = rwork + nt;
+    if (wide) {
+      detail::check(cb::transpose_into(ctx.blas(), a.rows(), a.cols(), a.data(), a.ld(), x, mt),
+                    "lowrank::ops<cuda>::svd: cublas<t>geam_64");
+    } else {
+      detail::copy_2d(a.data(), a.ld(), x, mt, mt, nt, cudaMemcpyDeviceToDevice, ctx.stream(),
+                      "lowrank::ops<cuda>::svd: cudaMemcpy2DAsync");
+    }
+    detail::check(cb::gesvd(ctx.solver(), m, n, x, m, s.data(), up, m, vpt, n, work, lwork, rwork,
+                            ctx.info()),
+                  "lowrank::ops<cuda>::svd: cusolverDn<t>gesvd");
+    check_info(ctx, "lowrank::ops<cuda>::svd: cusolverDn<t>gesvd");
+    // A = U' S V'^T (tall) or A^T = U' S V'^T, i.e. A = V' S U'^T (wide).
+    matrix_view<T, cuda> left = wide ? v : u;
+    matrix_view<T, cuda> right = wide ? u : v;
+    detail::copy_2d(up, mt, left.data(), left.ld(), mt, nt, cudaMemcpyDeviceToDevice, ctx.stream(),
+                    "lowrank::ops<cuda>::svd: cudaMemcpy2DAsync");
+    detail::check(cb::transpose_into(ctx.blas(), nt, nt, vpt, nt, right.data(), right.ld()),
+                  "lowrank::ops<cuda>::svd: cublas<t>geam_64");
+  }
+
+  /// X = the block at (row0, col0) of the random matrix of `stream`.
+  /// @throws lowrank::invalid_argument if the block is outside the generator's range.
+  template <scalar T>
+  static void fill_random(context<cuda>& ctx, distribution d, random_stream stream,
+                          matrix_view<T, cuda> x, index_t row0 = 0, index_t col0 = 0) {
+    const index_t r = (d == distribution::rademacher || sizeof(T) == 4) ? 4 : 2;
+    constexpr index_t counter_limit = index_t{1} << 32;
+    const char* fn = "lowrank::ops<cuda>::fill_random";
+    if (row0 < 0 || (row0 + x.rows()) > counter_limit * r) {
+      detail::throw_invalid_argument(fn, "row0", row0,
+                                     "rows [row0, row0 + rows) within [0, 2^32 * R)");
+    }
+    if (col0 < 0 || col0 + x.cols() > counter_limit) {
+      detail::throw_invalid_argument(fn, "col0", col0,
+                                     "columns [col0, col0 + cols) within [0, 2^32)");
+    }
+    if (x.empty()) return;
+    const index_t first = row0 / r;
+    const index_t blocks = (row0 + x.rows() + r - 1) / r - first;
+    const unsigned grid = detail::kernels::grid_for(blocks * x.cols());
+    constexpr int threads = detail::kernels::block_threads;
+    switch (d) {
+      case distribution::gaussian:
+        detail::kernels::fill_random<T, distribution::gaussian><<<grid, threads, 0, ctx.stream()>>>(
+            stream, x.data(), x.rows(), x.cols(), x.ld(), row0, col0, first, blocks);
+        break;
+      case distribution::uniform:
+        detail::kernels::fill_random<T, distribution::uniform><<<grid, threads, 0, ctx.stream()>>>(
+            stream, x.data(), x.rows(), x.cols(), x.ld(), row0, col0, first, blocks);
+        break;
+      case distribution::rademacher:
+        detail::kernels::fill_random<T, distribution::rademacher>
+            <<<grid, threads, 0, ctx.stream()>>>(stream, x.data(), x.rows(), x.cols(), x.ld(), row0,
+                                                 col0, first, blocks);
+        break;
+    }
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::fill_random: kernel launch");
+  }
+
+  /// X = value everywhere.
+  template <scalar T>
+  static void fill(context<cuda>& ctx, matrix_view<T, cuda> x, T value) {
+    if (x.empty()) return;
+    detail::kernels::fill<<<detail::kernels::grid_for(x.size()), detail::kernels::block_threads, 0,
+                            ctx.stream()>>>(x.data(), x.rows(), x.cols(), x.ld(), value);
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::fill: kernel launch");
+  }
+
+  /// dst = src (same shape).
+  template <scalar T>
+  static void copy(context<cuda>& ctx, input<T> src, matrix_view<T, cuda> dst) {
+    LOWRANK_ASSERT(src.rows() == dst.rows() && src.cols() == dst.cols());
+    detail::copy_2d(src.data(), src.ld(), dst.data(), dst.ld(), src.rows(), src.cols(),
+                    cudaMemcpyDeviceToDevice, ctx.stream(),
+                    "lowrank::ops<cuda>::copy: cudaMemcpy2DAsync");
+  }
+
+  /// X = X diag(d).
+  template <scalar T>
+  static void scale_columns(context<cuda>& ctx, vector_input<T> d, matrix_view<T, cuda> x) {
+    LOWRANK_ASSERT(d.size() == x.cols());
+    if (x.empty()) return;
+    detail::kernels::scale_columns<<<detail::kernels::grid_for(x.size()),
+                                     detail::kernels::block_threads, 0, ctx.stream()>>>(
+        d.data(), x.data(), x.rows(), x.cols(), x.ld());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::scale_columns: kernel launch");
+  }
+
+  /// ||X||_F^2 in double: a fixed-grid two-pass reduction (deterministic).
+  /// Synchronises the stream.
+  template <scalar T>
+  static double squared_norm(context<cuda>& ctx, matrix_view<const T, cuda> x) {
+    if (x.empty()) return 0;
+    constexpr unsigned blocks = 256;
+    auto* partial = static_cast<double*>(ctx.workspace(sizeof(double) * (blocks + 1)));
+    detail::kernels::
+        squared_norm_partials<<<blocks, detail::kernels::block_threads, 0, ctx.stream()>>>(
+            x.data(), x.rows(), x.cols(), x.ld(), partial);
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::squared_norm: kernel launch");
+    detail::kernels::sum_partials<>
+        <<<1, detail::kernels::block_threads, 0, ctx.stream()>>>(partial, blocks, partial + blocks);
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::squared_norm: kernel launch");
+    double result = 0;
+    detail::check(cudaMemcpyAsync(&result, partial + blocks, sizeof(double), cudaMemcpyDeviceToHost,
+                                  ctx.stream()),
+                  "lowrank::ops<cuda>::squared_norm: cudaMemcpyAsync");
+    ctx.synchronize();
+    return result;
+  }
+  template <scalar T>
+  static double squared_norm(context<cuda>& ctx, matrix_view<T, cuda> x) {
+    return squared_norm(ctx, as_const(x));
+  }
+
+  /// out_j = ||X(:, j)||^2, accumulated in double.
+  template <scalar T>
+  static void column_squared_norms(context<cuda>& ctx, input<T> x, vector_view<T, cuda> out) {
+    LOWRANK_ASSERT(out.size() == x.cols());
+    if (x.cols() == 0) return;
+    const auto grid = static_cast<unsigned>(std::min<index_t>(x.cols(), 65535));
+    detail::kernels::
+        column_squared_norms<<<grid, detail::kernels::block_threads, 0, ctx.stream()>>>(
+            x.data(), x.rows(), x.cols(), x.ld(), out.data());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::column_squared_norms: kernel launch");
+  }
+
+  /// The column-major linear index of the first non-finite entry, or -1.
+  /// Synchronises the stream.
+  template <scalar T>
+  static index_t find_non_finite(context<cuda>& ctx, matrix_view<const T, cuda> x) {
+    if (x.empty()) return -1;
+    auto* first = static_cast<unsigned long long*>(ctx.workspace(sizeof(unsigned long long)));
+    detail::check(cudaMemsetAsync(first, 0xFF, sizeof(unsigned long long), ctx.stream()),
+                  "lowrank::ops<cuda>::find_non_finite: cudaMemsetAsync");
+    detail::kernels::find_non_finite<<<detail::kernels::grid_for(x.size()),
+                                       detail::kernels::block_threads, 0, ctx.stream()>>>(
+        x.data(), x.rows(), x.cols(), x.ld(), first);
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::find_non_finite: kernel launch");
+    unsigned long long host = 0;
+    detail::check(cudaMemcpyAsync(&host, first, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
+                  "lowrank::ops<cuda>::find_non_finite: cudaMemcpyAsync");
+    ctx.synchronize();
+    return host == ~0ull ? -1 : static_cast<index_t>(host);
+  }
+  template <scalar T>
+  static index_t find_non_finite(context<cuda>& ctx, matrix_view<T, cuda> x) {
+    return find_non_finite(ctx, as_const(x));
+  }
+
+  /// out_j = the sign of the largest-magnitude entry of column j (the first
+  /// on ties; +1 for a zero column).
+  template <scalar T>
+  static void signs_of_largest(context<cuda>& ctx, input<T> x, vector_view<T, cuda> out) {
+    LOWRANK_ASSERT(out.size() == x.cols());
+    if (x.cols() == 0) return;
+    const auto grid = static_cast<unsigned>(std::min<index_t>(x.cols(), 65535));
+    detail::kernels::signs_of_largest<<<grid, detail::kernels::block_threads, 0, ctx.stream()>>>(
+        x.data(), x.rows(), x.cols(), x.ld(), out.data());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::signs_of_largest: kernel launch");
+  }
+
+  /// Host view dst = device view src (synchronises the stream).
+  template <scalar T>
+  static void download(context<cuda>& ctx, input<T> src, matrix_view<T, cpu> dst) {
+    LOWRANK_ASSERT(src.rows() == dst.rows() && src.cols() == dst.cols());
+    detail::copy_2d(src.data(), src.ld(), dst.data(), dst.ld(), src.rows(), src.cols(),
+                    cudaMemcpyDeviceToHost, ctx.stream(),
+                    "lowrank::ops<cuda>::download: cudaMemcpy2DAsync");
+    ctx.synchronize();
+  }
+
+  /// Device view dst = host view src (synchronises the stream, so that the
+  /// host memory may be reused at once).
+  template <scalar T>
+  static void upload(context<cuda>& ctx, matrix_view<const std::type_identity_t<T>, cpu> src,
+                     matrix_view<T, cuda> dst) {
+    LOWRANK_ASSERT(src.rows() == dst.rows() && src.cols() == dst.cols());
+    detail::copy_2d(src.data(), src.ld(), dst.data(), dst.ld(), src.rows(), src.cols(),
+                    cudaMemcpyHostToDevice, ctx.stream(),
+                    "lowrank::ops<cuda>::upload: cudaMemcpy2DAsync");
+    ctx.synchronize();
+  }
+
+ private:
+  static void check_info(context<cuda>& ctx, const char* call) {
+    int info = 0;
+    detail::check(
+        cudaMemcpyAsync(&info, ctx.info(), sizeof info, cudaMemcpyDeviceToHost, ctx.stream()),
+        call);
+    ctx.synchronize();
+    detail::check_info(info, call);
+  }
+};
+
+static_assert(backend_for<cuda, float>);
+static_assert(backend_for<cuda, double>);
+
+}  // namespace lowrank

@@ -1,0 +1,212 @@
+// The CUDA backend against the CPU backend: the same random numbers from the
+// same seed (uniform and Rademacher bits identical, Gaussians within a few
+// ulp), each operation of ops<cuda> against ops<cpu>, the SVDs from the same
+// seed, and the error model. Cases that need a GPU skip without one (and fail
+// under LOWRANK_TEST_REQUIRE_DEVICE=1).
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <system_error>
+
+#include "support/backends.hpp"
+#include "support/test_matrices.hpp"
+
+namespace lowrank::test {
+namespace {
+
+template <class T>
+class cross_backend : public backend_test<config<cuda, T>> {};
+using scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(cross_backend, scalars);
+
+template <class T>
+host_matrix<T> download(context<cuda>& ctx, const matrix<T, cuda>& m) {
+  host_matrix<T> out(m.rows(), m.cols());
+  ops<cuda>::download(ctx, m.view(), view(out));
+  return out;
+}
+
+// Uniform and Rademacher: the same bits on both backends, for a block drawn
+// at an offset that is not a multiple of rows_per_block.
+TYPED_TEST(cross_backend, uniform_and_rademacher_bits_identical) {
+  using T = TypeParam;
+  context<cuda> gpu;
+  context<cpu> host(2);
+  for (const auto d : {distribution::uniform, distribution::rademacher}) {
+    host_matrix<T> expected(301, 17);
+    ops<cpu>::fill_random(host, d, {42, 7}, view(expected), 5, 3);
+    matrix<T, cuda> x(gpu, 301, 17);
+    ops<cuda>::fill_random(gpu, d, {42, 7}, x.view(), 5, 3);
+    const host_matrix<T> got = download(gpu, x);
+    EXPECT_EQ(std::memcmp(got.data(), expected.data(), sizeof(T) * std::size_t(got.size())), 0);
+  }
+}
+
+// Gaussians: within a few ulp of the value (the device's log / sin / cos are
+// not the host's), plus an absolute 4 ulp of 1 where the value is near zero.
+TYPED_TEST(cross_backend, gaussians_within_a_few_ulp) {
+  using T = TypeParam;
+  context<cuda> gpu;
+  context<cpu> host(2);
+  host_matrix<T> expected(1000, 33);
+  ops<cpu>::fill_random(host, distribution::gaussian, {9, 1}, view(expected), 3, 0);
+  matrix<T, cuda> x(gpu, 1000, 33);
+  ops<cuda>::fill_random(gpu, distribution::gaussian, {9, 1}, x.view(), 3, 0);
+  const host_matrix<T> got = download(gpu, x);
+  const T ulp = std::numeric_limits<T>::epsilon();
+  for (index_t j = 0; j < got.cols(); ++j) {
+    for (index_t i = 0; i < got.rows(); ++i) {
+      ASSERT_NEAR(got(i, j), expected(i, j), 4 * ulp * (std::abs(expected(i, j)) + 1))
+          << "(" << i << ", " << j << ")";
+    }
+  }
+}
+
+// Every operation against the CPU's, to rounding (different BLAS: products
+// agree to k eps |A| |B|).
+TYPED_TEST(cross_backend, operations_match_the_cpu) {
+  using T = TypeParam;
+  context<cuda> gpu;
+  context<cpu> host(2);
+  const double eps = std::numeric_limits<T>::epsilon();
+  const host_matrix<T> a = host_matrix<T>::Random(120, 40);
+  const host_matrix<T> b = host_matrix<T>::Random(120, 30);
+  const matrix<T, cuda> ga(gpu, a);
+  const matrix<T, cuda> gb(gpu, b);
+
+  // gemm A^T B
+  matrix<T, cuda> gc(gpu, 40, 30);
+  ops<cuda>::gemm(gpu, transpose::yes, transpose::no, T(1), ga.view(), gb.view(), T(0), gc.view());
+  const host_matrix<T> c = a.transpose() * b;
+  EXPECT_LE((download(gpu, gc) - c).cwiseAbs().maxCoeff(), 200 * eps * 120);
+
+  // gram (lower triangle)
+  matrix<T, cuda> gg(gpu, 40, 40);
+  ops<cuda>::gram(gpu, ga.view(), gg.view());
+  const host_matrix<T> g = download(gpu, gg);
+  const host_matrix<T> g_ref = a.transpose() * a;
+  EXPECT_LE((host_matrix<T>(g.template triangularView<Eigen::Lower>()) -
+             host_matrix<T>(g_ref.template triangularView<Eigen::Lower>()))
+                .cwiseAbs()
+                .maxCoeff(),
+            200 * eps * 120);
+
+  // multiply_right
+  const host_matrix<T> r = host_matrix<T>::Random(40, 40);
+  matrix<T, cuda> gy(gpu, a);
+  const matrix<T, cuda> gr(gpu, r);
+  ops<cuda>::multiply_right(gpu, gr.view(), gy.view());
+  EXPECT_LE((download(gpu, gy) - a * r).cwiseAbs().maxCoeff(), 200 * eps * 40);
+
+  // Householder QR: orthonormal Q, Y = Q R
+  matrix<T, cuda> gq(gpu, a);
+  matrix<T, cuda> gqr(gpu, 40, 40);
+  ops<cuda>::householder_orthonormalize(gpu, gq.view(), gqr.view());
+  const Eigen::MatrixXd q = download(gpu, gq).template cast<double>();
+  const Eigen::MatrixXd qr = download(gpu, gqr).template cast<double>();
+  EXPECT_LE(orthonormality_error(q), 100 * eps * 120);
+  EXPECT_LE((q * qr - a.template cast<double>()).cwiseAbs().maxCoeff(), 100 * eps * 120);
+
+  // svd of a tall and a wide matrix
+  for (const bool wide : {false, true}) {
+    const host_matrix<T> m = wide ? host_matrix<T>(a.transpose()) : a;
+    const index_t k = std::min(m.rows(), m.cols());
+    const matrix<T, cuda> gm(gpu, m);
+    matrix<T, cuda> gu(gpu, m.rows(), k);
+    matrix<T, cuda> gv(gpu, m.cols(), k);
+    vector<T, cuda> gs(gpu, k);
+    ops<cuda>::svd(gpu, gm.view(), gu.view(), gs.view(), gv.view());
+    const Eigen::MatrixXd u = download(gpu, gu).template cast<double>();
+    const Eigen::MatrixXd v = download(gpu, gv).template cast<double>();
+    const Eigen::VectorXd s = gs.to_eigen().template cast<double>();
+    EXPECT_LE(orthonormality_error(u), 100 * eps * 120);
+    EXPECT_LE(orthonormality_error(v), 100 * eps * 120);
+    EXPECT_LE((u * s.asDiagonal() * v.transpose() - m.template cast<double>()).norm(),
+              100 * eps * 120 * m.template cast<double>().norm());
+  }
+
+  // reductions
+  context<cpu> one(1);
+  EXPECT_NEAR(ops<cuda>::squared_norm(gpu, ga.view()), ops<cpu>::squared_norm(one, view(a)),
+              1e-12 * ops<cpu>::squared_norm(one, view(a)));
+  vector<T, cuda> norms(gpu, 40);
+  ops<cuda>::column_squared_norms(gpu, ga.view(), norms.view());
+  const Eigen::Matrix<T, Eigen::Dynamic, 1> host_norms = a.colwise().squaredNorm().transpose();
+  EXPECT_LE((norms.to_eigen() - host_norms).cwiseAbs().maxCoeff(), 10 * eps * 120);
+  EXPECT_EQ(ops<cuda>::find_non_finite(gpu, ga.view()), -1);
+  host_matrix<T> bad = a;
+  bad(7, 9) = std::numeric_limits<T>::infinity();
+  bad(100, 30) = std::numeric_limits<T>::quiet_NaN();
+  const matrix<T, cuda> gbad(gpu, bad);
+  EXPECT_EQ(ops<cuda>::find_non_finite(gpu, gbad.view()), 7 + 9 * 120);
+  vector<T, cuda> signs(gpu, 40);
+  ops<cuda>::signs_of_largest(gpu, ga.view(), signs.view());
+  Eigen::Matrix<T, Eigen::Dynamic, 1> host_signs(40);
+  ops<cpu>::signs_of_largest(one, view(a), vector_view<T, cpu>(host_signs.data(), 40));
+  EXPECT_EQ(signs.to_eigen(), host_signs);
+}
+
+// The same seed gives the same decomposition on both backends, to rounding:
+// singular values within a few eps of s_1 (times the dimension), and the
+// same rank-k approximation.
+TYPED_TEST(cross_backend, randomized_svd_agrees_with_the_cpu) {
+  using T = TypeParam;
+  context<cuda> gpu;
+  context<cpu> host(2);
+  const double eps = std::numeric_limits<T>::epsilon();
+  for (const auto& [m, n] : {std::pair<index_t, index_t>{300, 200}, {200, 300}}) {
+    const Eigen::MatrixXd ad =
+        make_matrix(make_spectrum(spectrum_kind::fast_decay, std::min(m, n), 0), m, n, 5);
+    const host_matrix<T> a = ad.cast<T>();
+    const matrix<T, cuda> ga(gpu, a);
+    const auto g = randomized_svd(gpu, ga.view(), 20, {.seed = 3});
+    const auto c = randomized_svd(host, view(a), 20, {.seed = 3});
+    const Eigen::VectorXd gs = g.s.to_eigen().template cast<double>();
+    const Eigen::VectorXd cs = c.s.template cast<double>();
+    EXPECT_LE((gs - cs).cwiseAbs().maxCoeff(), 1000 * eps * cs(0));
+    const Eigen::MatrixXd gapprox = g.u.to_eigen().template cast<double>() * gs.asDiagonal() *
+                                    g.v.to_eigen().template cast<double>().transpose();
+    const Eigen::MatrixXd capprox =
+        c.u.template cast<double>() * cs.asDiagonal() * c.v.template cast<double>().transpose();
+    EXPECT_LE((gapprox - capprox).norm(), 1000 * eps * ad.norm());
+
+    const auto gt = randomized_svd(gpu, ga.view(), tolerance{.relative_error = 0.05, .seed = 3});
+    const auto ct = randomized_svd(host, view(a), tolerance{.relative_error = 0.05, .seed = 3});
+    EXPECT_EQ(gt.rank(), ct.rank());
+    EXPECT_NEAR(gt.relative_error_estimate, ct.relative_error_estimate, 1e-3);
+  }
+}
+
+// Errors: CUDA statuses become std::system_error in the library's categories
+// (no device needed); a bad argument on the GPU path is invalid_argument.
+TEST(cuda_errors, statuses_become_system_errors) {
+  try {
+    detail::check(cudaErrorInvalidValue, "lowrank::test: cudaSomething");
+    ADD_FAILURE() << "no exception";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(&e.code().category(), &cuda_category());
+    EXPECT_NE(std::string(e.what()).find("lowrank::test: cudaSomething"), std::string::npos);
+  }
+  EXPECT_THROW(detail::check(CUBLAS_STATUS_INVALID_VALUE, "x"), std::system_error);
+  EXPECT_THROW(detail::check(CUSOLVER_STATUS_EXECUTION_FAILED, "x"), std::system_error);
+  EXPECT_THROW(detail::check_info(3, "x"), numerical_error);
+  EXPECT_STREQ(cublas_category().name(), "cublas");
+  EXPECT_STREQ(cusolver_category().name(), "cusolver");
+}
+
+TYPED_TEST(cross_backend, invalid_input_throws_before_any_kernel) {
+  using T = TypeParam;
+  context<cuda> gpu;
+  const matrix<T, cuda> a(gpu, host_matrix<T>(host_matrix<T>::Random(30, 20)));
+  EXPECT_THROW((void)randomized_svd(gpu, a.view(), 0), invalid_argument);
+  EXPECT_THROW((void)truncated_svd(gpu, a.view(), 21), invalid_argument);
+  matrix<T, cuda> x(gpu, 4, 4);
+  EXPECT_THROW(ops<cuda>::fill_random(gpu, distribution::gaussian, {}, x.view(), -1, 0),
+               invalid_argument);
+}
+
+}  // namespace
+}  // namespace lowrank::test
