@@ -25,3 +25,9 @@
 #include "lowrank/decomp/range_finder.hpp"
 #include "lowrank/decomp/rank_selection.hpp"
 #include "lowrank/decomp/truncated_svd.hpp"
+
+#include "lowrank/adapters/dora.hpp"
+#include "lowrank/adapters/init.hpp"
+#include "lowrank/adapters/lora.hpp"
+#include "lowrank/adapters/multi_lora.hpp"
+#include "lowrank/adapters/nola.hpp"

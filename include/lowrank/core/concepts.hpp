@@ -10,6 +10,7 @@
 
 #include <concepts>
 #include <cstdint>
+#include <vector>
 
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/matrix.hpp"
@@ -66,6 +67,57 @@ concept backend_for = scalar<T> &&
   ops<Backend>::upload(ctx, chx, x);
   matrix<T, Backend>(ctx, i, i);
   vector<T, Backend>(ctx, i);
+};
+
+/// One element of a weight that an unmerge cannot recompute exactly: its
+/// column-major index and its value before the merge (ops::merge_low_rank).
+template <class T>
+struct merge_exception {
+  index_t index;
+  T value;
+};
+
+/// The operations the adapters (adapters/) add to `backend_for`:
+/// - `affine(ctx, alpha, beta, x)`: X = alpha X + beta; `axpby(ctx, alpha, x,
+///   beta, y)`: Y = alpha X + beta Y (beta = 0 ignores Y);
+/// - `dropout(ctx, stream, p, alpha, x, beta, y)`: Y = alpha (X (.) M) / (1 - p)
+///   + beta Y with the keep mask M(i, j) = [u(i, j) >= p], u the float uniform
+///   matrix of `stream` (the same mask for float and double, CPU and GPU);
+/// - `add_row_vector(ctx, alpha, v, y)`: Y(i, :) += alpha v^T (a bias);
+/// - `add_column_sums(ctx, alpha, x, y)`: y_j += alpha sum_i X(i, j);
+/// - `row_dots(ctx, x, y, out)` / `column_dots(ctx, x, y, out)`: sums of
+///   X (.) Y per row / per column, in double, into a double vector;
+/// - `merge_low_rank(ctx, s, b, a, c, w, check_only, record)` /
+///   `unmerge_low_rank(ctx, s, b, a, c, w, record)`: W' = fl(c_i (W + s B A))
+///   in extended precision and its exact inverse (backend/cpu/ops.hpp);
+/// - `gather_rows(ctx, x, rows, out)`: Out(k, :) = X(rows[k], :);
+///   `scatter_add_rows(ctx, alpha, src, rows, y)`: Y(rows[k], :) += alpha
+///   Src(k, :), the rows[k] distinct (rows: a `vector_view<const index_t,
+///   Backend>`; multi-adapter batches, adapters/multi_lora.hpp);
+/// - `upload_indices(ctx, src, dst)`: a host index vector into the backend's
+///   memory (`vector<index_t, Backend>`); the caller may reuse src as soon as
+///   it returns.
+template <class Backend, class T>
+concept adapter_backend_for = backend_for<Backend, T> &&
+    requires(context<Backend>& ctx, matrix_view<T, Backend> x, matrix_view<const T, Backend> cx,
+             vector_view<T, Backend> v, vector_view<const T, Backend> cv,
+             vector_view<double, Backend> dv, vector_view<const double, Backend> cdv, T alpha,
+             random_stream s, std::vector<merge_exception<T>>* record, index_t n,
+             vector_view<const index_t, Backend> rows, vector_view<index_t, Backend> index_out,
+             vector_view<const index_t, cpu> host_rows) {
+  ops<Backend>::affine(ctx, alpha, alpha, x);
+  ops<Backend>::axpby(ctx, alpha, cx, alpha, x);
+  ops<Backend>::dropout(ctx, s, 0.5, alpha, cx, alpha, x);
+  ops<Backend>::add_row_vector(ctx, alpha, cv, x);
+  ops<Backend>::add_column_sums(ctx, alpha, cx, v);
+  ops<Backend>::row_dots(ctx, cx, cx, dv);
+  ops<Backend>::column_dots(ctx, cx, cx, dv);
+  { ops<Backend>::merge_low_rank(ctx, 1.0, cx, cx, cdv, x, true, record) } -> std::same_as<index_t>;
+  ops<Backend>::unmerge_low_rank(ctx, 1.0, cx, cx, cdv, x, *record);
+  ops<Backend>::gather_rows(ctx, cx, rows, x);
+  ops<Backend>::scatter_add_rows(ctx, alpha, cx, rows, x);
+  ops<Backend>::upload_indices(ctx, host_rows, index_out);
+  vector<index_t, Backend>(ctx, n);
 };
 
 }  // namespace lowrank

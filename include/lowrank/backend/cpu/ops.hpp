@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -47,6 +48,12 @@ namespace detail {
 
 template <class T>
 using host_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+
+/// Bitwise equality (so that -0 differs from +0 and a NaN equals itself).
+template <class T>
+[[nodiscard]] bool same_bits(T a, T b) noexcept {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
 
 /// [begin, begin + size) of part `i` of an even split of n into `parts`.
 struct span_of {
@@ -627,7 +634,302 @@ struct ops<cpu> {
     copy(ctx, src, dst);
   }
 
+  // --- Operations of the adapters (adapter_backend_for, core/concepts.hpp) ---
+
+  /// X = alpha X + beta, element-wise.
+  template <scalar T>
+  static void affine(context<cpu>& ctx, T alpha, T beta, matrix_view<T, cpu> x) {
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(x.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        auto c = as_eigen(x.col(j)).array();
+        c = alpha * c + beta;
+      }
+    });
+  }
+
+  /// Y = alpha X + beta Y (beta = 0 ignores Y's previous content).
+  template <scalar T>
+  static void axpby(context<cpu>& ctx, T alpha, input<T> x, T beta, matrix_view<T, cpu> y) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols());
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(x.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        auto yc = as_eigen(y.col(j));
+        if (beta == T(0)) {
+          yc = alpha * as_eigen(x.col(j));
+        } else {
+          yc = alpha * as_eigen(x.col(j)) + beta * yc;
+        }
+      }
+    });
+  }
+
+  /// Y = alpha (X (.) M) / (1 - p) + beta Y: inverted dropout with keep mask
+  /// M(i, j) = [u(i, j) >= p], u the float uniform matrix of `stream`
+  /// (random/philox.hpp), so the mask is one function of (stream, i, j)
+  /// whatever T, the split or the backend. p in [0, 1).
+  template <scalar T>
+  static void dropout(context<cpu>& ctx, random_stream stream, double p, T alpha, input<T> x,
+                      T beta, matrix_view<T, cpu> y) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && p >= 0 && p < 1);
+    check_random_range<float>(distribution::uniform, matrix_view<float, cpu>(nullptr, x.rows(), 0),
+                              0, x.cols() > 0 ? x.cols() - 1 : 0);
+    const T keep = alpha / static_cast<T>(1.0 - p);
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 16384, 64), std::max<index_t>(x.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(x.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        const T* in = x.data() + j * x.ld();
+        T* out = y.data() + j * y.ld();
+        for (index_t i0 = 0; i0 < x.rows(); i0 += 4) {
+          const philox_counter w = detail::random_words(stream, static_cast<std::uint64_t>(i0 / 4),
+                                                        static_cast<std::uint64_t>(j));
+          for (index_t lane = 0; lane < 4 && i0 + lane < x.rows(); ++lane) {
+            const index_t i = i0 + lane;
+            const T kept = detail::u24(w.v[lane]) >= p ? keep * in[i] : T(0);
+            out[i] = beta == T(0) ? kept : kept + beta * out[i];
+          }
+        }
+      }
+    });
+  }
+
+  /// Y(i, :) += alpha v^T for every row i (a bias added to a batch).
+  template <scalar T>
+  static void add_row_vector(context<cpu>& ctx, T alpha, vector_input<T> v, matrix_view<T, cpu> y) {
+    LOWRANK_ASSERT(v.size() == y.cols());
+    const index_t parts =
+        std::min(detail::parts_of(y.size(), 65536, 64), std::max<index_t>(y.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(y.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        as_eigen(y.col(j)).array() += alpha * v[j];
+      }
+    });
+  }
+
+  /// y_j += alpha sum_i X(i, j), each sum accumulated in double.
+  template <scalar T>
+  static void add_column_sums(context<cpu>& ctx, T alpha, input<T> x, vector_view<T, cpu> y) {
+    LOWRANK_ASSERT(y.size() == x.cols());
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(x.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        const T* c = x.data() + j * x.ld();
+        double sum = 0;
+        for (index_t i = 0; i < x.rows(); ++i) sum += double(c[i]);
+        y[j] = static_cast<T>(double(y[j]) + double(alpha) * sum);
+      }
+    });
+  }
+
+  /// out_i = sum_j X(i, j) Y(i, j), accumulated in double (X, Y of one shape).
+  template <scalar T>
+  static void row_dots(context<cpu>& ctx, matrix_view<const T, cpu> x, input<T> y,
+                       vector_view<double, cpu> out) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && out.size() == x.rows());
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.rows() / 64, 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(x.rows(), parts, t);
+      for (index_t i = r.begin; i < r.begin + r.size; ++i) out[i] = 0;
+      for (index_t j = 0; j < x.cols(); ++j) {
+        const T* a = x.data() + j * x.ld();
+        const T* b = y.data() + j * y.ld();
+        for (index_t i = r.begin; i < r.begin + r.size; ++i) out[i] += double(a[i]) * double(b[i]);
+      }
+    });
+  }
+
+  /// out_j = sum_i X(i, j) Y(i, j), accumulated in double (X, Y of one shape).
+  template <scalar T>
+  static void column_dots(context<cpu>& ctx, matrix_view<const T, cpu> x, input<T> y,
+                          vector_view<double, cpu> out) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && out.size() == x.cols());
+    const index_t parts =
+        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(x.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        const T* a = x.data() + j * x.ld();
+        const T* b = y.data() + j * y.ld();
+        double sum = 0;
+        for (index_t i = 0; i < x.rows(); ++i) sum += double(a[i]) * double(b[i]);
+        out[j] = sum;
+      }
+    });
+  }
+
+  /// Out(k, :) = X(rows[k], :) for k < rows.size() (out is rows.size() x
+  /// x.cols(); every rows[k] in [0, x.rows())): column panels.
+  template <scalar T>
+  static void gather_rows(context<cpu>& ctx, input<T> x, vector_view<const index_t, cpu> rows,
+                          matrix_view<T, cpu> out) {
+    LOWRANK_ASSERT(out.rows() == rows.size() && out.cols() == x.cols());
+    const index_t parts =
+        std::min(detail::parts_of(out.size(), 65536, 64), std::max<index_t>(out.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(out.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        const T* in = x.data() + j * x.ld();
+        T* o = out.data() + j * out.ld();
+        for (index_t k = 0; k < rows.size(); ++k) o[k] = in[rows[k]];
+      }
+    });
+  }
+
+  /// Y(rows[k], :) += alpha Src(k, :) for k < rows.size() (src is rows.size()
+  /// x y.cols(); the rows[k] distinct and in [0, y.rows())): column panels.
+  template <scalar T>
+  static void scatter_add_rows(context<cpu>& ctx, T alpha, input<T> src,
+                               vector_view<const index_t, cpu> rows, matrix_view<T, cpu> y) {
+    LOWRANK_ASSERT(src.rows() == rows.size() && src.cols() == y.cols());
+    const index_t parts =
+        std::min(detail::parts_of(src.size(), 65536, 64), std::max<index_t>(src.cols(), 1));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = detail::part(src.cols(), parts, t);
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        const T* s = src.data() + j * src.ld();
+        T* o = y.data() + j * y.ld();
+        for (index_t k = 0; k < rows.size(); ++k) o[rows[k]] += alpha * s[k];
+      }
+    });
+  }
+
+  /// Backend index vector dst = host index vector src (same size; a copy on the CPU).
+  static void upload_indices(context<cpu>& /*ctx*/, vector_view<const index_t, cpu> src,
+                             vector_view<index_t, cpu> dst) {
+    LOWRANK_ASSERT(src.size() == dst.size());
+    std::copy(src.data(), src.data() + src.size(), dst.data());
+  }
+
+  /// The merge of a low-rank update into a weight, in extended precision
+  /// (double for float, long double for double) and rounded once per element:
+  ///   W'(i, j) = fl(c_i (W(i, j) + s (B A)(i, j))),
+  /// c = `row_scale` (empty: c = 1). W is out x in, B out x r, A r x in.
+  /// Returns the column-major index of the first non-finite W', or -1. With
+  /// `check_only`, W is not written. Otherwise W becomes W' (all of it, even
+  /// when some W' is non-finite) and, when `record` is not null, it receives
+  /// (index, old value) of every element that unmerge_low_rank() with the same
+  /// arguments would not restore bit for bit, in index order.
+  template <scalar T>
+  static index_t merge_low_rank(context<cpu>& ctx, double s, input<T> b, input<T> a,
+                                vector_view<const double, cpu> row_scale, matrix_view<T, cpu> w,
+                                bool check_only,
+                                std::vector<merge_exception<std::type_identity_t<T>>>* record) {
+    return merge_pass(ctx, s, b, a, row_scale, w, check_only ? pass::check : pass::merge, record);
+  }
+
+  /// The inverse of merge_low_rank(): W(i, j) = fl(W'(i, j) / c_i - s (B A)(i, j))
+  /// in extended precision, then the recorded elements restored; with the
+  /// record of the merge, W is the pre-merge weight bit for bit.
+  template <scalar T>
+  static void unmerge_low_rank(
+      context<cpu>& ctx, double s, input<T> b, input<T> a, vector_view<const double, cpu> row_scale,
+      matrix_view<T, cpu> w, const std::vector<merge_exception<std::type_identity_t<T>>>& record) {
+    merge_pass<T>(ctx, s, b, a, row_scale, w, pass::unmerge, nullptr);
+    for (const auto& e : record)
+      w.data()[e.index % w.rows() + (e.index / w.rows()) * w.ld()] = e.value;
+  }
+
  private:
+  enum class pass { check, merge, unmerge };
+
+  template <class T>
+  using extended = std::conditional_t<std::is_same_v<T, float>, double, long double>;
+
+  /// d = s (B A)(:, j) in extended precision: one fixed loop order, not
+  /// inlined, so that merge and unmerge compute the same bits.
+  template <class T>
+  [[gnu::noinline]] static void low_rank_column(const extended<T>* bx, index_t rows, index_t r,
+                                                matrix_view<const T, cpu> a, index_t j,
+                                                extended<T> s, extended<T>* d) {
+    for (index_t i = 0; i < rows; ++i) d[i] = 0;
+    for (index_t k = 0; k < r; ++k) {
+      const extended<T> akj = a(k, j);
+      const extended<T>* bk = bx + k * rows;
+      for (index_t i = 0; i < rows; ++i) d[i] += bk[i] * akj;
+    }
+    for (index_t i = 0; i < rows; ++i) d[i] *= s;
+  }
+
+  /// One element of unmerge: fl(w / c - d), in one function for the same reason.
+  template <class T>
+  [[gnu::noinline]] static void unmerge_column(const T* w, const extended<T>* c,
+                                               const extended<T>* d, index_t rows, T* out) {
+    for (index_t i = 0; i < rows; ++i) {
+      const extended<T> x = c != nullptr ? extended<T>(w[i]) / c[i] : extended<T>(w[i]);
+      out[i] = static_cast<T>(x - d[i]);
+    }
+  }
+
+  template <class T>
+  static index_t merge_pass(context<cpu>& ctx, double s, matrix_view<const T, cpu> b,
+                            matrix_view<const T, cpu> a, vector_view<const double, cpu> row_scale,
+                            matrix_view<T, cpu> w, pass mode,
+                            std::vector<merge_exception<T>>* record) {
+    using E = extended<T>;
+    const index_t m = w.rows();
+    const index_t n = w.cols();
+    const index_t r = a.rows();
+    LOWRANK_ASSERT(b.rows() == m && b.cols() == r && a.cols() == n);
+    LOWRANK_ASSERT(row_scale.empty() || row_scale.size() == m);
+    Eigen::Matrix<E, Eigen::Dynamic, Eigen::Dynamic> bx = as_eigen(b).template cast<E>();
+    Eigen::Matrix<E, Eigen::Dynamic, 1> c;
+    if (!row_scale.empty()) c = as_eigen(row_scale).template cast<E>();
+    const E* cp = row_scale.empty() ? nullptr : c.data();
+    const index_t parts = std::min(detail::parts_of(m * n * std::max<index_t>(r, 1), 1 << 18, 64),
+                                   std::max<index_t>(n, 1));
+    std::vector<index_t> first_bad(static_cast<std::size_t>(parts), -1);
+    std::vector<std::vector<merge_exception<T>>> found(static_cast<std::size_t>(parts));
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto range = detail::part(n, parts, t);
+      std::vector<E> d(static_cast<std::size_t>(m));
+      std::vector<T> merged(static_cast<std::size_t>(m));
+      std::vector<T> back(static_cast<std::size_t>(m));
+      auto& bad = first_bad[static_cast<std::size_t>(t)];
+      for (index_t j = range.begin; j < range.begin + range.size; ++j) {
+        T* col = w.data() + j * w.ld();
+        low_rank_column<T>(bx.data(), m, r, a, j, E(s), d.data());
+        if (mode == pass::unmerge) {
+          unmerge_column<T>(col, cp, d.data(), m, col);
+          continue;
+        }
+        for (index_t i = 0; i < m; ++i) {
+          const E x = E(col[i]) + d[static_cast<std::size_t>(i)];
+          merged[static_cast<std::size_t>(i)] = static_cast<T>(cp != nullptr ? cp[i] * x : x);
+          if (bad < 0 && !std::isfinite(merged[static_cast<std::size_t>(i)])) bad = i + j * m;
+        }
+        if (mode == pass::check) continue;
+        if (record != nullptr) {
+          unmerge_column<T>(merged.data(), cp, d.data(), m, back.data());
+          for (index_t i = 0; i < m; ++i) {
+            if (!detail::same_bits(back[static_cast<std::size_t>(i)], col[i])) {
+              found[static_cast<std::size_t>(t)].push_back({i + j * m, col[i]});
+            }
+          }
+        }
+        std::copy(merged.begin(), merged.end(), col);
+      }
+    });
+    if (record != nullptr) {
+      record->clear();
+      for (auto& f : found) record->insert(record->end(), f.begin(), f.end());
+    }
+    for (const index_t bad : first_bad) {
+      if (bad >= 0) return bad;
+    }
+    return -1;
+  }
+
 #if LOWRANK_HAS_LAPACK
   /// gesdd (divide and conquer) or, when `robust`, gesvd (QR iteration).
   template <class T>
@@ -698,5 +1000,7 @@ struct ops<cpu> {
 
 static_assert(backend_for<cpu, float>);
 static_assert(backend_for<cpu, double>);
+static_assert(adapter_backend_for<cpu, float>);
+static_assert(adapter_backend_for<cpu, double>);
 
 }  // namespace lowrank

@@ -1,0 +1,154 @@
+#pragma once
+/// @file
+/// What the adapters share: their options' pieces, the random streams they draw
+/// from, the initialisations of a LoRA pair (A, B), and the per-batch
+/// workspaces.
+///
+/// **Random streams.** Every random matrix of an adapter is a Philox matrix
+/// (random/philox.hpp) of `adapter_stream(seed, layer, kind, index)`, whose
+/// stream number is `layer << 34 | kind << 32 | index`: the initial A
+/// (kind 0), the dropout mask of training step t (kind 1, index t mod 2^32),
+/// NOLA's A bases (kind 2) and B bases (kind 3). Give each adapted layer of a
+/// model its own `layer` (or its own seed): element (i, j) of each matrix
+/// depends only on (seed, layer, kind, index, i, j), on every backend.
+///
+/// **Initialisations** (ALGORITHMS.md section 2, PEFT's `LoraLayer.reset_lora_parameters`):
+/// - `peft_default`: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PyTorch's kaiming_uniform_ with
+///   a = sqrt(5)), B = 0;
+/// - `gaussian`: A ~ N(0, 1/r^2), B = 0;
+/// - `pissa`: with W = U S V^T (exact SVD, or the randomized SVD with
+///   `pissa_iterations` power iterations, PEFT's "pissa_niter_K"), S_r /= s,
+///   A = diag(sqrt(S_r)) V_r^T, B = U_r diag(sqrt(S_r)), and W becomes
+///   W_res = W - s B A (so that W_res + s B A = W);
+/// - a given factor: `lora::from_factors` (A, B as given) and
+///   `lora::from_low_rank` (U S V^T -> B = U sqrt(S / s), A = sqrt(S / s) V^T, so
+///   that s B A = U S V^T; W unchanged).
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "lowrank/core/backend.hpp"
+#include "lowrank/core/concepts.hpp"
+#include "lowrank/core/error.hpp"
+#include "lowrank/core/matrix.hpp"
+#include "lowrank/core/matrix_view.hpp"
+#include "lowrank/random/philox.hpp"
+
+namespace lowrank {
+
+/// How a LoRA pair (A, B) starts.
+enum class lora_init {
+  peft_default,  ///< A kaiming-uniform (bound 1/sqrt(in)), B = 0: the adapter starts as a no-op
+  gaussian,      ///< A ~ N(0, 1/r^2), B = 0
+  pissa,         ///< the principal rank-r part of W moves into s B A; W keeps the residual
+};
+
+/// The kinds of random matrix an adapter draws (see the file comment).
+enum class adapter_stream_kind : std::uint64_t { init = 0, dropout = 1, nola_a = 2, nola_b = 3 };
+
+/// The Philox stream of one random matrix of an adapter: `layer << 34 | kind << 32 | index`.
+[[nodiscard]] constexpr random_stream adapter_stream(std::uint64_t seed, std::uint64_t layer,
+                                                     adapter_stream_kind kind,
+                                                     std::uint64_t index) noexcept {
+  return {seed, (layer << 34) | (static_cast<std::uint64_t>(kind) << 32) | (index & 0xffffffffu)};
+}
+
+/// A trainable tensor of an adapter and its gradient, for an optimizer: both
+/// are views into the adapter (valid while it lives, not moved).
+template <class T, class Backend>
+struct parameter {
+  const char* name;               ///< "lora_A", "lora_B", "bias", "magnitude", ...
+  matrix_view<T, Backend> value;  ///< the parameter
+  matrix_view<T, Backend> grad;   ///< its accumulated gradient, same shape
+};
+
+namespace detail {
+
+/// Checks of the options every LoRA-like adapter shares.
+inline void check_adapter_options(const char* fn, index_t out, index_t in, index_t rank,
+                                  double alpha, double dropout) {
+  if (out <= 0 || in <= 0) {
+    throw_invalid_argument(fn, "weight",
+                           std::to_string(out) + " x " + std::to_string(in) + " matrix",
+                           "a non-empty out x in weight");
+  }
+  if (rank <= 0 || rank > std::min(out, in)) {
+    throw_invalid_argument(fn, "options.rank", rank,
+                           "1 <= rank <= min(out, in) = " + std::to_string(std::min(out, in)));
+  }
+  if (!std::isfinite(alpha) || alpha <= 0) {
+    throw_invalid_argument(fn, "options.alpha", alpha, "a finite alpha > 0");
+  }
+  if (!(dropout >= 0 && dropout < 1)) {
+    throw_invalid_argument(fn, "options.dropout", dropout, "a probability in [0, 1)");
+  }
+}
+
+/// s = alpha / r, or alpha / sqrt(r) for rsLoRA.
+[[nodiscard]] inline double lora_scaling(double alpha, index_t rank, bool rslora) noexcept {
+  return rslora ? alpha / std::sqrt(double(rank)) : alpha / double(rank);
+}
+
+/// Throws numerical_error naming the first non-finite entry of x.
+template <class T, class Backend>
+void require_finite_values(context<Backend>& ctx, const char* fn, const char* argument,
+                           matrix_view<const T, Backend> x) {
+  const index_t at = ops<Backend>::find_non_finite(ctx, x);
+  if (at >= 0) {
+    const index_t rows = std::max<index_t>(x.rows(), 1);
+    throw_numerical_error(
+        fn, argument,
+        "non-finite at (" + std::to_string(at % rows) + ", " + std::to_string(at / rows) + ")",
+        "finite values");
+  }
+}
+
+/// Throws invalid_argument unless x is rows x cols.
+template <class View>
+void require_shape(const char* fn, const char* argument, const View& x, index_t rows,
+                   index_t cols) {
+  if (x.rows() != rows || x.cols() != cols) {
+    throw_invalid_argument(fn, argument,
+                           std::to_string(x.rows()) + " x " + std::to_string(x.cols()),
+                           std::to_string(rows) + " x " + std::to_string(cols));
+  }
+}
+
+/// A matrix of `cols` columns whose row count grows to the largest batch
+/// seen: after the first call with a given N, no allocation.
+template <class T, class Backend>
+class batch_workspace {
+ public:
+  [[nodiscard]] matrix_view<T, Backend> rows(context<Backend>& ctx, index_t n, index_t cols) {
+    if (n > storage_.rows() || cols != storage_.cols()) {
+      storage_ = matrix<T, Backend>(ctx, std::max(n, storage_.rows()), cols);
+    }
+    return storage_.view().block(0, 0, n, cols);
+  }
+  void release() { storage_ = matrix<T, Backend>(); }
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    return static_cast<std::size_t>(storage_.rows() * storage_.cols()) * sizeof(T);
+  }
+
+ private:
+  matrix<T, Backend> storage_;
+};
+
+/// A = U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt(5)) or
+/// N(0, 1/r^2), drawn from `stream`.
+template <class T, class Backend>
+void init_a(context<Backend>& ctx, lora_init init, random_stream stream,
+            matrix_view<T, Backend> a) {
+  if (init == lora_init::gaussian) {
+    ops<Backend>::fill_random(ctx, distribution::gaussian, stream, a);
+    ops<Backend>::affine(ctx, T(1.0 / double(a.rows())), T(0), a);
+  } else {
+    const double bound = 1.0 / std::sqrt(double(a.cols()));
+    ops<Backend>::fill_random(ctx, distribution::uniform, stream, a);
+    ops<Backend>::affine(ctx, T(2 * bound), T(-bound), a);
+  }
+}
+
+}  // namespace detail
+}  // namespace lowrank

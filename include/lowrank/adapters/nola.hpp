@@ -1,0 +1,577 @@
+#pragma once
+/// @file
+/// `lowrank::nola<Backend, T>`: a NOLA adapter on a frozen linear layer, a
+/// LoRA whose factors are linear combinations of random bases that are
+/// regenerated from Philox, never stored (ALGORITHMS.md section 2; Koohpayegani
+/// et al., "NOLA: Compressing LoRA using Linear Combination of Random Basis",
+/// ICLR 2024, reference code UCDvision/NOLA).
+///
+/// **Math.** The frozen weight W is out x in, the optional bias b has out
+/// entries, a batch X is N x in. With k bases A_i (r x in) and l bases B_j
+/// (out x r), all U(-1, 1), and a frozen kaiming-uniform A0 (r x in):
+///
+///     A = A0 + (1/sqrt(k)) sum_i alpha_i A_i,   B = (1/sqrt(l)) sum_j beta_j B_j,
+///     Y = X W^T + b + s (drop(X) A^T) B^T,      dW = s B A,
+///
+/// s = alpha / r (rsLoRA: alpha / sqrt(r)) as in LoRA. Only the coefficients
+/// alpha (k x 1) and beta (l x 1) train; both start at 0, so the adapter
+/// starts as the base layer (B = 0 exactly).
+///
+/// **Backward.** With G = dL/dY, H = drop(X) A^T, dA_full = s (G B)^T drop(X)
+/// (r x in) and dB_full = s G^T H (out x r):
+/// d alpha_i += <dA_full, A_i>_F / sqrt(k), d beta_j += <dB_full, B_j>_F / sqrt(l),
+/// dX = G W + s drop'(G B A). The gradients accumulate until zero_grad().
+///
+/// **Bases.** Column i of the random matrix of `adapter_stream(seed, layer,
+/// nola_a, 0)` (r in rows, k columns, uniform mapped to [-1, 1)) is vec(A_i),
+/// column-major; likewise the B bases with kind `nola_b` (out r rows, l
+/// columns); A0 is lora's `peft_default` A, drawn from `adapter_stream(seed,
+/// layer, init, 0)` (adapters/init.hpp). Each element depends only on (seed,
+/// layer, A or B, basis index, element), so the bases are the same whatever
+/// the chunk size and on every backend. The bases are generated
+/// `chunk_size` at a time: vec(A) += (1/sqrt(k)) Bases_chunk alpha_chunk and
+/// d alpha_chunk += Bases_chunk^T vec(dA_full) / sqrt(k) are GEMMs. A and B
+/// are regenerated at every forward (the coefficients may have changed).
+///
+/// **Dropout** as lora's: the mask of training step t comes from
+/// `adapter_stream(seed, layer, dropout, t)`, and backward reuses it.
+///
+/// **State and memory.** The adapter owns the k + l coefficients and their
+/// gradients: 2 (k + l) scalars (state_bytes(); while merged, plus a copy of
+/// the coefficients and the merge record). It refers to W and b (views: they
+/// must outlive it) and, between forward and backward, to the forward's X.
+/// Workspaces, freed by release_workspace(): the materialised A and B
+/// (r (in + out)), one chunk of bases (max(r in min(c, k), out r min(c, l))
+/// scalars for c = chunk_size, at most (r in + out r) c), dA_full / dB_full
+/// (max(r in, out r), after the first backward), and per batch H and G B
+/// (N x r each) and, with dropout, drop(X) (N x in). They are allocated on
+/// first use and grow to the largest N seen: a training loop allocates
+/// nothing after its first step.
+///
+/// **Costs** per step: forward 2 N in out + 2 N r (in + out), plus the
+/// generation of k r in + l out r uniforms and 2 (k r in + l out r) flops to
+/// form A and B; backward 2 N in out + 4 N r (in + out), plus the same
+/// generation and flops again for the coefficient gradients.
+///
+/// **Merge.** merge() adds s B A (from the regenerated A and B) to W in
+/// extended precision, rounding once per element, and keeps the coefficients
+/// and the few elements whose rounding the subtraction cannot undo; unmerge()
+/// regenerates the same A and B and restores W bit for bit. safe_merge()
+/// first checks that every merged value is finite. While merged, forward
+/// computes X W'^T + b and backward throws.
+///
+/// **Errors.** lowrank::invalid_argument for shapes, ranks and options (the
+/// message names the function, the argument, its value and what was
+/// expected), lowrank::numerical_error for a non-finite weight or bias, or a
+/// non-finite merged weight in safe_merge(). Every throwing call leaves the
+/// adapter and the caller's data as they were.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lowrank/adapters/init.hpp"
+#include "lowrank/core/backend.hpp"
+#include "lowrank/core/concepts.hpp"
+#include "lowrank/core/error.hpp"
+#include "lowrank/core/matrix.hpp"
+#include "lowrank/core/matrix_view.hpp"
+#include "lowrank/random/philox.hpp"
+
+namespace lowrank {
+
+/// The options of a NOLA adapter.
+struct nola_options {
+  index_t rank = 8;            ///< r, 1 <= r <= min(out, in)
+  double alpha = 8;            ///< LoRA's alpha (s = alpha / r), > 0
+  bool rslora = false;         ///< s = alpha / sqrt(r)
+  double dropout = 0;          ///< p in [0, 1), on the adapter's input
+  index_t num_bases_a = 1024;  ///< k, the number of A bases, in [1, 2^32]
+  index_t num_bases_b = 1024;  ///< l, the number of B bases, in [1, 2^32]
+  index_t chunk_size = 64;     ///< bases generated at a time (memory bound), >= 1
+  std::uint64_t seed = 0;      ///< the adapter's random streams (adapters/init.hpp)
+  std::uint64_t layer = 0;     ///< this layer's index in the model, < 2^30
+};
+
+template <class Backend, scalar T>
+requires adapter_backend_for<Backend, T>
+class nola {
+ public:
+  using scalar_type = T;
+  using backend = Backend;
+
+  /// A new adapter on W (out x in) and b (out entries, or empty for none),
+  /// with alpha = beta = 0 (so it starts as the base layer).
+  /// @throws lowrank::invalid_argument for an empty W, a bias of the wrong
+  ///   size, rank not in [1, min(out, in)], alpha <= 0 or not finite, dropout
+  ///   not in [0, 1), num_bases_a or num_bases_b not in [1, 2^32],
+  ///   chunk_size < 1, layer >= 2^30, or r in or out r beyond the
+  ///   generator's row range (2^32 R, random/philox.hpp);
+  ///   lowrank::numerical_error if W or b has a non-finite entry.
+  nola(context<Backend>& ctx, matrix_view<T, Backend> weight, vector_view<T, Backend> bias,
+       const nola_options& options = {})
+      : options_(options), weight_(weight), bias_(bias) {
+    const char* fn = "lowrank::nola::nola";
+    detail::check_adapter_options(fn, weight.rows(), weight.cols(), options.rank, options.alpha,
+                                  options.dropout);
+    constexpr index_t max_bases = index_t{1} << 32;
+    if (options.num_bases_a < 1 || options.num_bases_a > max_bases) {
+      detail::throw_invalid_argument(fn, "options.num_bases_a", options.num_bases_a,
+                                     "1 <= k <= 2^32");
+    }
+    if (options.num_bases_b < 1 || options.num_bases_b > max_bases) {
+      detail::throw_invalid_argument(fn, "options.num_bases_b", options.num_bases_b,
+                                     "1 <= l <= 2^32");
+    }
+    if (options.chunk_size < 1) {
+      detail::throw_invalid_argument(fn, "options.chunk_size", options.chunk_size, ">= 1");
+    }
+    if (options.layer >= (std::uint64_t{1} << 30)) {
+      detail::throw_invalid_argument(fn, "options.layer", options.layer, "< 2^30");
+    }
+    constexpr index_t max_rows = (index_t{1} << 32) * rows_per_block<T, distribution::uniform>;
+    const index_t basis_rows = options.rank * std::max(weight.rows(), weight.cols());
+    if (basis_rows > max_rows) {
+      detail::throw_invalid_argument(
+          fn, "options.rank", options.rank,
+          "r max(in, out) <= " + std::to_string(max_rows) + " (the generator's row range)");
+    }
+    if (!bias.empty() && bias.size() != weight.rows()) {
+      detail::throw_invalid_argument(fn, "bias.size()", bias.size(),
+                                     "0 (no bias) or out = " + std::to_string(weight.rows()));
+    }
+    detail::require_finite_values(ctx, fn, "weight", as_const(weight));
+    if (!bias.empty()) detail::require_finite_values(ctx, fn, "bias", as_const(bias.as_matrix()));
+    scaling_ = detail::lora_scaling(options.alpha, options.rank, options.rslora);
+    alpha_ = matrix<T, Backend>(ctx, options.num_bases_a, 1);
+    beta_ = matrix<T, Backend>(ctx, options.num_bases_b, 1);
+    grad_alpha_ = matrix<T, Backend>(ctx, options.num_bases_a, 1);
+    grad_beta_ = matrix<T, Backend>(ctx, options.num_bases_b, 1);
+    ops<Backend>::fill(ctx, alpha_.view(), T(0));
+    ops<Backend>::fill(ctx, beta_.view(), T(0));
+    ops<Backend>::fill(ctx, grad_alpha_.view(), T(0));
+    ops<Backend>::fill(ctx, grad_beta_.view(), T(0));
+  }
+
+  nola(nola&&) noexcept = default;
+  nola& operator=(nola&&) noexcept = default;
+  nola(const nola&) = delete;
+  nola& operator=(const nola&) = delete;
+
+  // --- Shapes and options ----------------------------------------------------
+
+  [[nodiscard]] index_t in_features() const noexcept { return weight_.cols(); }
+  [[nodiscard]] index_t out_features() const noexcept { return weight_.rows(); }
+  [[nodiscard]] index_t rank() const noexcept { return options_.rank; }
+  /// k, the number of A bases.
+  [[nodiscard]] index_t num_bases_a() const noexcept { return options_.num_bases_a; }
+  /// l, the number of B bases.
+  [[nodiscard]] index_t num_bases_b() const noexcept { return options_.num_bases_b; }
+  /// s = alpha / r, or alpha / sqrt(r) with rsLoRA.
+  [[nodiscard]] double scaling() const noexcept { return scaling_; }
+  [[nodiscard]] const nola_options& options() const noexcept { return options_; }
+
+  /// Training mode (dropout active) or evaluation mode; training by default.
+  void train(bool on = true) noexcept { training_ = on; }
+  [[nodiscard]] bool training() const noexcept { return training_; }
+  /// The number of training forwards so far (the dropout stream's index).
+  [[nodiscard]] std::uint64_t step() const noexcept { return step_; }
+
+  // --- Parameters --------------------------------------------------------------
+
+  [[nodiscard]] matrix_view<T, Backend> weight() const noexcept { return weight_; }
+  [[nodiscard]] vector_view<T, Backend> bias() const noexcept { return bias_; }
+  /// alpha (k x 1) and beta (l x 1): write them freely (an optimizer step)
+  /// unless merged.
+  [[nodiscard]] matrix_view<T, Backend> coefficients_a() noexcept { return alpha_.view(); }
+  [[nodiscard]] matrix_view<T, Backend> coefficients_b() noexcept { return beta_.view(); }
+  [[nodiscard]] matrix_view<const T, Backend> coefficients_a() const noexcept {
+    return alpha_.view();
+  }
+  [[nodiscard]] matrix_view<const T, Backend> coefficients_b() const noexcept {
+    return beta_.view();
+  }
+  [[nodiscard]] matrix_view<T, Backend> grad_coefficients_a() noexcept {
+    return grad_alpha_.view();
+  }
+  [[nodiscard]] matrix_view<T, Backend> grad_coefficients_b() noexcept { return grad_beta_.view(); }
+
+  /// The trainable parameters with their gradients: nola_alpha (k x 1) and
+  /// nola_beta (l x 1).
+  [[nodiscard]] std::vector<parameter<T, Backend>> parameters() {
+    return {{"nola_alpha", alpha_.view(), grad_alpha_.view()},
+            {"nola_beta", beta_.view(), grad_beta_.view()}};
+  }
+
+  /// Sets every gradient to zero.
+  void zero_grad(context<Backend>& ctx) {
+    ops<Backend>::fill(ctx, grad_alpha_.view(), T(0));
+    ops<Backend>::fill(ctx, grad_beta_.view(), T(0));
+  }
+
+  // --- Bases and factors ---------------------------------------------------------
+
+  /// Columns first, ..., first + c - 1 of the A bases: column i is vec(A_i)
+  /// (r in x 1, column-major r x in). `out` is (r in) x c.
+  /// @throws lowrank::invalid_argument for another row count or columns
+  ///   outside [0, k).
+  void bases_a(context<Backend>& ctx, index_t first, matrix_view<T, Backend> out) const {
+    check_bases("lowrank::nola::bases_a", first, out, rank() * in_features(), num_bases_a());
+    fill_bases(ctx, adapter_stream_kind::nola_a, first, out);
+  }
+
+  /// Columns first, ..., first + c - 1 of the B bases: column j is vec(B_j)
+  /// (out r x 1, column-major out x r). `out` is (out r) x c.
+  /// @throws lowrank::invalid_argument for another row count or columns
+  ///   outside [0, l).
+  void bases_b(context<Backend>& ctx, index_t first, matrix_view<T, Backend> out) const {
+    check_bases("lowrank::nola::bases_b", first, out, out_features() * rank(), num_bases_b());
+    fill_bases(ctx, adapter_stream_kind::nola_b, first, out);
+  }
+
+  /// A = A0 + (1/sqrt(k)) sum_i alpha_i A_i from the current coefficients
+  /// into `a` (r x in, contiguous). Uses the basis workspace.
+  /// @throws lowrank::invalid_argument for another shape or a strided view.
+  void materialize_a(context<Backend>& ctx, matrix_view<T, Backend> a) {
+    check_factor("lowrank::nola::materialize_a", "a", a, rank(), in_features());
+    compose_a(ctx, alpha_.view(), a);
+  }
+
+  /// B = (1/sqrt(l)) sum_j beta_j B_j from the current coefficients into `b`
+  /// (out x r, contiguous). Uses the basis workspace.
+  /// @throws lowrank::invalid_argument for another shape or a strided view.
+  void materialize_b(context<Backend>& ctx, matrix_view<T, Backend> b) {
+    check_factor("lowrank::nola::materialize_b", "b", b, out_features(), rank());
+    compose_b(ctx, beta_.view(), b);
+  }
+
+  // --- Forward and backward ----------------------------------------------------
+
+  /// Y = X W^T + b + s (drop(X) A^T) B^T (X W'^T + b when merged), with A and
+  /// B formed from the current coefficients. X is N x in, Y is N x out.
+  /// Keeps a view of X for backward.
+  /// @throws lowrank::invalid_argument for wrong shapes.
+  void forward(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y) {
+    const char* fn = "lowrank::nola::forward";
+    check_batch(fn, x, y);
+    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(1), x, weight(), T(0), y);
+    if (!bias_.empty()) {
+      ops<Backend>::add_row_vector(ctx, T(1), vector_view<const T, Backend>(bias_), y);
+    }
+    pending_ = false;
+    if (merged_) return;
+    if (a_.size() == 0) a_ = matrix<T, Backend>(ctx, rank(), in_features());
+    if (b_.size() == 0) b_ = matrix<T, Backend>(ctx, out_features(), rank());
+    compose_a(ctx, alpha_.view(), a_.view());
+    compose_b(ctx, beta_.view(), b_.view());
+    const index_t n = x.rows();
+    dropout_on_ = training_ && options_.dropout > 0;
+    matrix_view<const T, Backend> xa = x;
+    if (dropout_on_) {
+      dropout_stream_ = stream(adapter_stream_kind::dropout, step_);
+      auto xd = dropped_.rows(ctx, n, in_features());
+      ops<Backend>::dropout(ctx, dropout_stream_, options_.dropout, T(1), x, T(0), xd);
+      xa = xd;
+    }
+    if (training_) ++step_;
+    auto h = h_.rows(ctx, n, rank());
+    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(1), xa, a_.view(), T(0), h);
+    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(scaling_), as_const(h), b_.view(),
+                       T(1), y);
+    saved_x_ = x;
+    saved_input_ = xa;
+    pending_ = true;
+  }
+
+  /// Accumulates d alpha and d beta from G = dL/dY (N x out) of the last
+  /// forward, and writes dX = G W + s drop'(G B A) into `dx` (N x in; pass an
+  /// empty view to skip it). A and B are those of that forward.
+  /// @throws lowrank::invalid_argument without a forward since the last
+  ///   backward (or since release_workspace()), for a G of another shape
+  ///   than that forward's Y, a dx of the wrong shape, or when merged.
+  void backward(context<Backend>& ctx, matrix_view<const T, Backend> dy,
+                matrix_view<T, Backend> dx) {
+    const char* fn = "lowrank::nola::backward";
+    check_backward(fn, dy, dx);
+    const index_t n = dy.rows();
+    const index_t r = rank();
+    const auto s = static_cast<T>(scaling_);
+    if (grad_full_.size() == 0) {
+      grad_full_ = matrix<T, Backend>(ctx, r * std::max(in_features(), out_features()), 1);
+    }
+    auto h = h_.rows(ctx, n, r);
+    auto gb = gb_.rows(ctx, n, r);
+    const auto a = as_const(a_.view());
+    const auto b = as_const(b_.view());
+    ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), dy, b, T(0), gb);
+    // dB_full = s G^T H, then d beta += Bases_b^T vec(dB_full) / sqrt(l).
+    const matrix_view<T, Backend> full_b(grad_full_.data(), out_features(), r);
+    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, dy, as_const(h), T(0), full_b);
+    project(ctx, adapter_stream_kind::nola_b, as_const(full_b), grad_beta_.view());
+    // dA_full = s (G B)^T drop(X), then d alpha += Bases_a^T vec(dA_full) / sqrt(k).
+    const matrix_view<T, Backend> full_a(grad_full_.data(), r, in_features());
+    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, as_const(gb), saved_input_, T(0),
+                       full_a);
+    project(ctx, adapter_stream_kind::nola_a, as_const(full_a), grad_alpha_.view());
+    if (!dx.empty()) {
+      ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), dy, weight(), T(0), dx);
+      if (dropout_on_) {
+        // drop(X) is no longer needed: its storage takes s G B A, masked into dX.
+        auto t = dropped_.rows(ctx, n, in_features());
+        ops<Backend>::gemm(ctx, transpose::no, transpose::no, s, as_const(gb), a, T(0), t);
+        ops<Backend>::dropout(ctx, dropout_stream_, options_.dropout, T(1), as_const(t), T(1), dx);
+      } else {
+        ops<Backend>::gemm(ctx, transpose::no, transpose::no, s, as_const(gb), a, T(1), dx);
+      }
+    }
+    saved_x_ = {};
+    saved_input_ = {};
+    pending_ = false;
+  }
+
+  // --- Merge -------------------------------------------------------------------
+
+  /// W += s B A (extended precision, one rounding); see the file comment.
+  /// @throws lowrank::invalid_argument when already merged.
+  void merge(context<Backend>& ctx) { merge_impl(ctx, false, "lowrank::nola::merge"); }
+
+  /// merge(), but first checks every merged value: if one is not finite,
+  /// throws lowrank::numerical_error and leaves W untouched.
+  void safe_merge(context<Backend>& ctx) { merge_impl(ctx, true, "lowrank::nola::safe_merge"); }
+
+  /// Restores W exactly as it was before merge(), from A and B regenerated
+  /// with the coefficients of the merge.
+  /// @throws lowrank::invalid_argument when not merged.
+  void unmerge(context<Backend>& ctx) {
+    if (!merged_) {
+      detail::throw_invalid_argument("lowrank::nola::unmerge", "this", "an unmerged adapter",
+                                     "a merged adapter");
+    }
+    matrix<T, Backend> a(ctx, rank(), in_features());
+    matrix<T, Backend> b(ctx, out_features(), rank());
+    compose_a(ctx, merged_alpha_.view(), a.view());
+    compose_b(ctx, merged_beta_.view(), b.view());
+    ops<Backend>::unmerge_low_rank(ctx, scaling_, b.view(), a.view(),
+                                   vector_view<const double, Backend>(), weight_, restore_);
+    restore_ = {};
+    merged_alpha_ = matrix<T, Backend>();
+    merged_beta_ = matrix<T, Backend>();
+    merged_ = false;
+  }
+
+  [[nodiscard]] bool merged() const noexcept { return merged_; }
+  /// How many weight elements the current merge keeps to make unmerge exact.
+  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return restore_.size(); }
+
+  // --- Memory ------------------------------------------------------------------
+
+  /// Frees every workspace (A, B, the basis chunk, the gradient buffer and
+  /// the per-batch buffers); they are allocated again on next use. Ends a
+  /// pending forward (backward then throws until the next forward).
+  void release_workspace() noexcept {
+    a_ = matrix<T, Backend>();
+    b_ = matrix<T, Backend>();
+    basis_ = matrix<T, Backend>();
+    grad_full_ = matrix<T, Backend>();
+    h_.release();
+    gb_.release();
+    dropped_.release();
+    saved_x_ = {};
+    saved_input_ = {};
+    pending_ = false;
+  }
+
+  /// The bytes of the adapter's state: the coefficients and their gradients,
+  /// 2 (k + l) scalars, plus, while merged, the kept coefficients and the
+  /// merge record.
+  [[nodiscard]] std::size_t state_bytes() const noexcept {
+    const auto scalars =
+        static_cast<std::size_t>(alpha_.size() + beta_.size() + grad_alpha_.size() +
+                                 grad_beta_.size() + merged_alpha_.size() + merged_beta_.size());
+    return scalars * sizeof(T) + restore_.size() * sizeof(merge_exception<T>);
+  }
+
+  /// The bytes of the workspaces now allocated (see the file comment).
+  [[nodiscard]] std::size_t workspace_bytes() const noexcept {
+    const auto scalars =
+        static_cast<std::size_t>(a_.size() + b_.size() + basis_.size() + grad_full_.size());
+    return scalars * sizeof(T) + h_.bytes() + gb_.bytes() + dropped_.bytes();
+  }
+
+ private:
+  [[nodiscard]] random_stream stream(adapter_stream_kind kind, std::uint64_t index) const noexcept {
+    return adapter_stream(options_.seed, options_.layer, kind, index);
+  }
+
+  void check_bases(const char* fn, index_t first, matrix_view<T, Backend> out, index_t rows,
+                   index_t count) const {
+    if (out.rows() != rows) {
+      detail::throw_invalid_argument(fn, "out.rows()", out.rows(), std::to_string(rows));
+    }
+    if (first < 0 || out.cols() > count - first) {
+      detail::throw_invalid_argument(fn, "first, out.cols()",
+                                     std::to_string(first) + ", " + std::to_string(out.cols()),
+                                     "columns within [0, " + std::to_string(count) + ")");
+    }
+  }
+
+  static void check_factor(const char* fn, const char* argument, matrix_view<T, Backend> x,
+                           index_t rows, index_t cols) {
+    detail::require_shape(fn, argument, x, rows, cols);
+    if (!x.contiguous()) {
+      detail::throw_invalid_argument(fn, argument, "leading dimension " + std::to_string(x.ld()),
+                                     "a contiguous view (ld = " + std::to_string(rows) + ")");
+    }
+  }
+
+  /// Columns first.. of the bases of `kind`: U(-1, 1) from the uniform [0, 1).
+  void fill_bases(context<Backend>& ctx, adapter_stream_kind kind, index_t first,
+                  matrix_view<T, Backend> out) const {
+    ops<Backend>::fill_random(ctx, distribution::uniform, stream(kind, 0), out, 0, first);
+    ops<Backend>::affine(ctx, T(2), T(-1), out);
+  }
+
+  /// A chunk of `cols` bases of `rows` elements, in the basis workspace.
+  [[nodiscard]] matrix_view<T, Backend> basis_chunk(context<Backend>& ctx, index_t rows,
+                                                    index_t cols) {
+    if (basis_.size() == 0) {
+      const index_t c = options_.chunk_size;
+      const index_t elements = std::max(rank() * in_features() * std::min(c, num_bases_a()),
+                                        out_features() * rank() * std::min(c, num_bases_b()));
+      basis_ = matrix<T, Backend>(ctx, elements, 1);
+    }
+    return {basis_.data(), rows, cols};
+  }
+
+  /// vec(target) += (1/sqrt(count)) Bases coef, chunk by chunk (target contiguous).
+  void accumulate(context<Backend>& ctx, adapter_stream_kind kind,
+                  matrix_view<const T, Backend> coef, matrix_view<T, Backend> target) {
+    const index_t rows = target.size();
+    const index_t count = coef.rows();
+    const index_t chunk = std::min(options_.chunk_size, count);
+    const auto scale = static_cast<T>(1 / std::sqrt(double(count)));
+    const matrix_view<T, Backend> vec(target.data(), rows, 1);
+    const auto basis = basis_chunk(ctx, rows, chunk);
+    for (index_t first = 0; first < count; first += chunk) {
+      const index_t c = std::min(chunk, count - first);
+      const auto part = basis.left_cols(c);
+      fill_bases(ctx, kind, first, part);
+      ops<Backend>::gemm(ctx, transpose::no, transpose::no, scale, as_const(part),
+                         coef.middle_rows(first, c), T(1), vec);
+    }
+  }
+
+  /// grad += (1/sqrt(count)) Bases^T vec(full), chunk by chunk (full contiguous).
+  void project(context<Backend>& ctx, adapter_stream_kind kind, matrix_view<const T, Backend> full,
+               matrix_view<T, Backend> grad) {
+    const index_t rows = full.size();
+    const index_t count = grad.rows();
+    const index_t chunk = std::min(options_.chunk_size, count);
+    const auto scale = static_cast<T>(1 / std::sqrt(double(count)));
+    const matrix_view<const T, Backend> vec(full.data(), rows, 1);
+    const auto basis = basis_chunk(ctx, rows, chunk);
+    for (index_t first = 0; first < count; first += chunk) {
+      const index_t c = std::min(chunk, count - first);
+      const auto part = basis.left_cols(c);
+      fill_bases(ctx, kind, first, part);
+      ops<Backend>::gemm(ctx, transpose::yes, transpose::no, scale, as_const(part), vec, T(1),
+                         grad.middle_rows(first, c));
+    }
+  }
+
+  /// A = A0 + (1/sqrt(k)) Bases_a coef.
+  void compose_a(context<Backend>& ctx, matrix_view<const T, Backend> coef,
+                 matrix_view<T, Backend> a) {
+    detail::init_a(ctx, lora_init::peft_default, stream(adapter_stream_kind::init, 0), a);
+    accumulate(ctx, adapter_stream_kind::nola_a, coef, a);
+  }
+
+  /// B = (1/sqrt(l)) Bases_b coef.
+  void compose_b(context<Backend>& ctx, matrix_view<const T, Backend> coef,
+                 matrix_view<T, Backend> b) {
+    ops<Backend>::fill(ctx, b, T(0));
+    accumulate(ctx, adapter_stream_kind::nola_b, coef, b);
+  }
+
+  void check_batch(const char* fn, matrix_view<const T, Backend> x,
+                   matrix_view<T, Backend> y) const {
+    if (x.cols() != in_features()) {
+      detail::throw_invalid_argument(fn, "x.cols()", x.cols(),
+                                     "in = " + std::to_string(in_features()));
+    }
+    detail::require_shape(fn, "y", y, x.rows(), out_features());
+  }
+
+  void check_backward(const char* fn, matrix_view<const T, Backend> dy,
+                      matrix_view<T, Backend> dx) const {
+    if (merged_) {
+      detail::throw_invalid_argument(fn, "this", "a merged adapter",
+                                     "an unmerged adapter (call unmerge() first)");
+    }
+    if (!pending_) {
+      detail::throw_invalid_argument(fn, "this", "an adapter without a pending forward",
+                                     "forward() before each backward()");
+    }
+    detail::require_shape(fn, "dy", dy, saved_x_.rows(), out_features());
+    if (!dx.empty()) detail::require_shape(fn, "dx", dx, saved_x_.rows(), in_features());
+  }
+
+  void merge_impl(context<Backend>& ctx, bool safe, const char* fn) {
+    if (merged_) {
+      detail::throw_invalid_argument(fn, "this", "a merged adapter", "an unmerged adapter");
+    }
+    // Fresh A and B: the forward's (in a_, b_) may still serve a pending backward.
+    matrix<T, Backend> keep_alpha(ctx, num_bases_a(), 1);
+    matrix<T, Backend> keep_beta(ctx, num_bases_b(), 1);
+    ops<Backend>::copy(ctx, alpha_.view(), keep_alpha.view());
+    ops<Backend>::copy(ctx, beta_.view(), keep_beta.view());
+    matrix<T, Backend> a(ctx, rank(), in_features());
+    matrix<T, Backend> b(ctx, out_features(), rank());
+    compose_a(ctx, keep_alpha.view(), a.view());
+    compose_b(ctx, keep_beta.view(), b.view());
+    const vector_view<const double, Backend> none;
+    if (safe) {
+      const index_t bad = ops<Backend>::merge_low_rank(ctx, scaling_, b.view(), a.view(), none,
+                                                       weight_, true, nullptr);
+      if (bad >= 0) {
+        detail::throw_numerical_error(fn, "weight + s B A",
+                                      "non-finite at (" + std::to_string(bad % out_features()) +
+                                          ", " + std::to_string(bad / out_features()) + ")",
+                                      "a finite merged weight (W is unchanged)");
+      }
+    }
+    std::vector<merge_exception<T>> restore;
+    ops<Backend>::merge_low_rank(ctx, scaling_, b.view(), a.view(), none, weight_, false, &restore);
+    merged_alpha_ = std::move(keep_alpha);
+    merged_beta_ = std::move(keep_beta);
+    restore_ = std::move(restore);
+    merged_ = true;
+  }
+
+  nola_options options_;
+  double scaling_ = 1;
+  matrix_view<T, Backend> weight_;
+  vector_view<T, Backend> bias_;
+  // The state: the coefficients and their gradients.
+  matrix<T, Backend> alpha_, beta_, grad_alpha_, grad_beta_;
+  bool training_ = true;
+  std::uint64_t step_ = 0;
+  // Workspaces: A, B, one chunk of bases, dA_full / dB_full, per-batch buffers.
+  matrix<T, Backend> a_, b_, basis_, grad_full_;
+  detail::batch_workspace<T, Backend> h_, gb_, dropped_;
+  // The pending forward.
+  matrix_view<const T, Backend> saved_x_;
+  matrix_view<const T, Backend> saved_input_;
+  bool pending_ = false;
+  bool dropout_on_ = false;
+  random_stream dropout_stream_{};
+  // The merge.
+  bool merged_ = false;
+  matrix<T, Backend> merged_alpha_, merged_beta_;
+  std::vector<merge_exception<T>> restore_;
+};
+
+}  // namespace lowrank

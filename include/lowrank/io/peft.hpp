@@ -1,0 +1,884 @@
+#pragma once
+/// @file
+/// Hugging Face PEFT LoRA / DoRA adapter directories to and from Eigen matrices.
+///
+/// Format: what `PeftModel.save_pretrained` writes (PEFT 0.21; the fixtures under
+/// tests/adapters/fixtures/peft/ were saved by it and are read back by the tests):
+///
+///     <dir>/adapter_config.json        the LoraConfig as JSON (sorted keys, indent 2)
+///     <dir>/adapter_model.safetensors  one tensor per factor, row-major (io/safetensors.hpp)
+///
+/// Tensor names (PEFT's `get_peft_model_state_dict`, which drops the adapter name, and
+/// `LoraModel._get_adapter_state_dict`, which drops DoRA's ".weight"), for each adapted
+/// nn.Linear `<module>` (its path in the base model, e.g. "layers.0.q_proj"):
+///
+///     base_model.model.<module>.lora_A.weight          [r, in]   A, r x in
+///     base_model.model.<module>.lora_B.weight          [out, r]  B, out x r
+///     base_model.model.<module>.lora_magnitude_vector  [out]     DoRA's m (use_dora only)
+///
+/// The shapes are PyTorch's, and equal the math orientation of DESIGN.md (A is r x in, B is
+/// out x r, dW = s B A): the row-major bytes are transposed explicitly into Eigen's
+/// column-major storage on reading, and back on writing. Any of F32, F16, BF16 and F64 is
+/// read (each tensor may have its own); the writer stores one dtype.
+///
+/// Ranks and alphas: a module's rank is `r` and its alpha `lora_alpha`, unless a key of
+/// `rank_pattern` / `alpha_pattern` matches the module name. Matching is PEFT's
+/// `peft.utils.other.get_pattern_key`: the keys are tried in order (the file's order; PEFT
+/// itself writes them sorted) and the first key K for which the Python regular expression
+/// `re.match(rf"(.*\.)?({K})$", module)` matches wins, so "v_proj" matches
+/// "layers.0.v_proj" but not "layers.0.xv_proj", and keys are regular expressions ("." is
+/// any character). lowrank matches with std::regex (ECMAScript), which agrees with Python's
+/// `re` on the syntax such keys use (literals, `.`, `*`, `+`, `?`, `[...]`, `|`, groups,
+/// `\d`, `\w`); a key std::regex cannot parse is an error. The scaling is
+/// s = alpha / r, or alpha / sqrt(r) with use_rslora (PEFT's `LoraLayer.update_layer`).
+///
+/// What is checked (stricter than PEFT, which mostly loads what it can and warns):
+/// - adapter_config.json is a JSON object with "peft_type": "LORA"; "r" (default 8) and the
+///   rank_pattern values are JSON integers >= 1; "lora_alpha" (default 8) and the
+///   alpha_pattern values finite numbers; "lora_dropout" (default 0) a number in [0, 1];
+///   "use_rslora" and "use_dora" (default false) booleans; "rank_pattern" and "alpha_pattern"
+///   objects (or null); every pattern key a regular expression that matches at least one
+///   module of the adapter (PEFT only warns about such a key);
+/// - LoRA variants whose tensors or forward pass differ from plain LoRA / DoRA are refused:
+///   "bias" other than "none", and a true or non-null "lora_bias", "use_qalora",
+///   "use_bdlora", "alora_invocation_tokens", "target_parameters" (non-empty),
+///   "arrow_config", "kasa_config" or "monteclora_config";
+/// - every tensor has one of the three names above (anything else, e.g. a bias, an
+///   embedding factor, a modules_to_save weight, or a magnitude without use_dora, is an
+///   error), a dtype of F32, F16, BF16 or F64, and its shape: A 2-D [rank, in], B 2-D
+///   [out, rank] with the module's rank, m 1-D [out]; every module has A and B, and a
+///   magnitude exactly when use_dora; there is at least one module;
+/// - every value is finite after conversion to T.
+///
+/// Everything else in adapter_config.json (peft_type, task_type, base_model_name_or_path,
+/// target_modules given as a string, ...) is kept in `peft_config::extra` and written back
+/// as it was: a read -> write round trip keeps every field (numbers keep their value; an
+/// integral lora_alpha or alpha_pattern value is written as a JSON integer, as PEFT does).
+/// The safetensors file's metadata is ignored on reading; the writer sets {"format": "pt"}.
+/// `target_modules` is not checked against the module names (PEFT's matching rules also
+/// involve exclude_modules, layers_to_transform and "all-linear").
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <concepts>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "lowrank/core/error.hpp"
+#include "lowrank/core/matrix_view.hpp"
+#include "lowrank/io/safetensors.hpp"
+
+namespace lowrank::io {
+
+/// The adapter_config.json fields lowrank uses. Everything else is kept in `extra` and
+/// written back unchanged.
+struct peft_config {
+  index_t r = 8;            ///< the default rank ("r")
+  double lora_alpha = 8;    ///< the default alpha ("lora_alpha")
+  bool use_rslora = false;  ///< s = alpha / sqrt(r) instead of alpha / r
+  bool use_dora = false;    ///< DoRA: every module has a magnitude vector
+  double lora_dropout = 0;  ///< PEFT's dropout on the adapter input, in [0, 1]
+  /// "target_modules" when it is a list of names. When the file has a string (a regular
+  /// expression, or "all-linear") or null, this is empty and the value is in `extra`. The
+  /// writer writes this list when it is not empty; when it is empty and `extra` has no
+  /// "target_modules", it writes the sorted last components of the module names.
+  std::vector<std::string> target_modules;
+  /// Per-module ranks and alphas: (regular expression, value) in matching order (the first
+  /// key that matches wins, as in PEFT; see the file comment). A list rather than a map,
+  /// because the order decides between two keys that match one module.
+  std::vector<std::pair<std::string, index_t>> rank_pattern;
+  std::vector<std::pair<std::string, double>> alpha_pattern;
+  /// The other fields of adapter_config.json (peft_type, task_type, base_model_name_or_path,
+  /// ...): a JSON object, or null for none. The writer adds "peft_type": "LORA" when absent.
+  nlohmann::json extra = nlohmann::json::object();
+};
+
+/// s = alpha / r, or alpha / sqrt(r) with rsLoRA (PEFT's `LoraLayer.update_layer`).
+[[nodiscard]] inline double peft_scaling(double alpha, index_t rank, bool use_rslora) {
+  const auto r = static_cast<double>(rank);
+  return use_rslora ? alpha / std::sqrt(r) : alpha / r;
+}
+
+/// One adapted nn.Linear. write_peft_adapter requires `rank`, `alpha` and `use_rslora` to be
+/// what the adapter's config gives the module (peft_rank, peft_alpha), as PEFT derives them
+/// from the config when it loads the file.
+template <class T>
+struct peft_module {
+  std::string name;         ///< module path without "base_model.model.", e.g. "layers.0.q_proj"
+  index_t rank = 0;         ///< after rank_pattern
+  double alpha = 0;         ///< after alpha_pattern
+  bool use_rslora = false;  ///< the config's use_rslora
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> a;  ///< rank x in (lora_A.weight)
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> b;  ///< out x rank (lora_B.weight)
+  Eigen::Matrix<T, Eigen::Dynamic, 1> magnitude;       ///< out entries with DoRA, else empty
+
+  /// alpha / rank, or alpha / sqrt(rank) with use_rslora.
+  [[nodiscard]] double scaling() const { return peft_scaling(alpha, rank, use_rslora); }
+};
+
+/// A whole adapter: its config and its modules (sorted by name when read).
+template <class T>
+struct peft_adapter {
+  peft_config config;
+  std::vector<peft_module<T>> modules;
+};
+
+namespace detail {
+
+using peft_ordered_json = nlohmann::ordered_json;
+
+inline constexpr std::string_view peft_prefix = "base_model.model.";
+inline constexpr std::string_view peft_suffix_a = ".lora_A.weight";
+inline constexpr std::string_view peft_suffix_b = ".lora_B.weight";
+inline constexpr std::string_view peft_suffix_m = ".lora_magnitude_vector";
+inline constexpr std::string_view peft_config_name = "adapter_config.json";
+inline constexpr std::string_view peft_weights_name = "adapter_model.safetensors";
+
+/// Throws lowrank::invalid_argument for `function` and `argument` with the value
+/// "<subject> <context><found>" (no space before a `found` that starts with ','), like
+/// safetensors_fail, but as a type whose call operator is [[noreturn]].
+struct peft_failure {
+  std::string_view function;
+  std::string_view argument;
+  std::string subject;
+  std::string context;
+
+  [[noreturn]] void operator()(const std::string& found, std::string_view expected) const {
+    std::string value = subject;
+    if (!(context.empty() && found.starts_with(','))) value += ' ';
+    value += context;
+    value += found;
+    lowrank::detail::throw_invalid_argument(function, argument, value, expected);
+  }
+
+  /// The same failure with `more` appended to the context.
+  [[nodiscard]] peft_failure in(std::string_view more) const {
+    peft_failure out = *this;
+    out.context += more;
+    return out;
+  }
+};
+
+/// The config fields peft_config holds itself (never in `extra`).
+inline bool peft_owned_key(std::string_view key) {
+  return key == "r" || key == "lora_alpha" || key == "lora_dropout" || key == "use_rslora" ||
+         key == "use_dora" || key == "rank_pattern" || key == "alpha_pattern";
+}
+
+/// One pattern key, compiled as PEFT's get_pattern_key uses it: `(.*\.)?(K)$` anchored at
+/// the start (re.match) is a whole-string match of `(.*\.)?(K)`.
+struct peft_compiled_key {
+  std::string key;
+  std::regex regex;
+};
+
+/// Compiles the keys of a pattern, in order.
+template <class V>
+std::vector<peft_compiled_key> peft_compile(const std::vector<std::pair<std::string, V>>& pattern,
+                                            std::string_view field, const peft_failure& fail) {
+  std::vector<peft_compiled_key> out;
+  out.reserve(pattern.size());
+  std::set<std::string_view> seen;
+  for (const auto& [key, value] : pattern) {
+    if (!seen.insert(key).second) {
+      fail(std::string(field) + " with the key " + safetensors_quote(key) + " twice",
+           "distinct keys");
+    }
+    try {
+      out.push_back({key, std::regex("(.*\\.)?(" + key + ")", std::regex::ECMAScript)});
+    } catch (const std::regex_error&) {
+      fail(std::string(field) + " with the key " + safetensors_quote(key) +
+               ", which is not a regular expression std::regex can parse",
+           "keys that are regular expressions (PEFT matches re.match(rf\"(.*\\.)?({key})$\", "
+           "module))");
+    }
+  }
+  return out;
+}
+
+/// PEFT's get_pattern_key: the index of the first key that matches `module`; failing that,
+/// a key equal to `module` (get_pattern_key returns the module name itself, which the
+/// pattern's dict may hold); otherwise none. Marks in `used` every key that matches, not
+/// only the first (PEFT's "did not match any targeted module" warning counts a key as
+/// matched when its regular expression matches a module).
+inline std::optional<std::size_t> peft_match(const std::vector<peft_compiled_key>& keys,
+                                             const std::string& module, std::vector<bool>& used) {
+  std::optional<std::size_t> first;
+  for (std::size_t k = 0; k < keys.size(); ++k) {
+    if (std::regex_match(module, keys[k].regex)) {
+      used[k] = true;
+      if (!first) first = k;
+    }
+  }
+  if (first) return first;
+  for (std::size_t k = 0; k < keys.size(); ++k) {
+    if (keys[k].key == module) {
+      used[k] = true;
+      return k;
+    }
+  }
+  return std::nullopt;
+}
+
+/// The config's patterns compiled once, resolving a module's rank and alpha.
+class peft_resolver {
+ public:
+  peft_resolver(const peft_config& config, const peft_failure& fail)
+      : config_(&config),
+        rank_keys_(peft_compile(config.rank_pattern, "rank_pattern", fail)),
+        alpha_keys_(peft_compile(config.alpha_pattern, "alpha_pattern", fail)),
+        rank_used_(rank_keys_.size(), false),
+        alpha_used_(alpha_keys_.size(), false) {}
+
+  index_t rank(const std::string& module) {
+    const std::optional<std::size_t> k = peft_match(rank_keys_, module, rank_used_);
+    if (!k) return config_->r;
+    return config_->rank_pattern[*k].second;
+  }
+
+  double alpha(const std::string& module) {
+    const std::optional<std::size_t> k = peft_match(alpha_keys_, module, alpha_used_);
+    if (!k) return config_->lora_alpha;
+    return config_->alpha_pattern[*k].second;
+  }
+
+  /// Fails for the first key that matched none of the modules resolved so far (PEFT warns:
+  /// "The following rank_pattern keys did not match any targeted module").
+  void require_all_used(std::size_t modules, const peft_failure& fail) const {
+    const auto check = [&](const std::vector<peft_compiled_key>& keys,
+                           const std::vector<bool>& used, std::string_view field) {
+      for (std::size_t k = 0; k < keys.size(); ++k) {
+        if (!used[k]) {
+          fail(std::string(field) + " key " + safetensors_quote(keys[k].key) +
+                   ", which matches none of its " + std::to_string(modules) + " modules",
+               "pattern keys that each match a module (PEFT's get_pattern_key: "
+               "re.match(rf\"(.*\\.)?({key})$\", module))");
+        }
+      }
+    };
+    check(rank_keys_, rank_used_, "rank_pattern");
+    check(alpha_keys_, alpha_used_, "alpha_pattern");
+  }
+
+ private:
+  const peft_config* config_;
+  std::vector<peft_compiled_key> rank_keys_;
+  std::vector<peft_compiled_key> alpha_keys_;
+  std::vector<bool> rank_used_;
+  std::vector<bool> alpha_used_;
+};
+
+inline std::string peft_number(double x) {
+  std::ostringstream out;
+  out.precision(17);
+  out << x;
+  return out.str();
+}
+
+/// A JSON value as it can be shown in a message.
+template <class Json>
+std::string peft_json_text(const Json& value) {
+  return safetensors_printable(value.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace),
+                               80);
+}
+
+/// A module name that PEFT can address: non-empty dot-separated components.
+inline bool peft_valid_module_name(std::string_view name) {
+  if (name.empty() || name.front() == '.' || name.back() == '.') return false;
+  return name.find("..") == std::string_view::npos;
+}
+
+/// The checks of a config that do not depend on the modules: values in range, `extra` an
+/// object without the fields peft_config holds, and no LoRA variant lowrank does not read.
+/// `fail`'s context names where the fields are ("config." or "whose adapter_config.json has ").
+inline void peft_check_config(const peft_config& config, const peft_failure& fail) {
+  if (config.r < 1) fail("r " + std::to_string(config.r), "r >= 1");
+  if (!std::isfinite(config.lora_alpha)) {
+    fail("lora_alpha " + peft_number(config.lora_alpha), "a finite lora_alpha");
+  }
+  if (!(config.lora_dropout >= 0 && config.lora_dropout <= 1)) {
+    fail("lora_dropout " + peft_number(config.lora_dropout), "0 <= lora_dropout <= 1");
+  }
+  for (const auto& [key, value] : config.rank_pattern) {
+    if (value < 1) {
+      fail("rank_pattern[" + safetensors_quote(key) + "] " + std::to_string(value), "ranks >= 1");
+    }
+  }
+  for (const auto& [key, value] : config.alpha_pattern) {
+    if (!std::isfinite(value)) {
+      fail("alpha_pattern[" + safetensors_quote(key) + "] " + peft_number(value), "finite alphas");
+    }
+  }
+  for (const std::string& target : config.target_modules) {
+    if (target.empty()) fail("target_modules with an empty name", "non-empty names");
+  }
+  if (config.extra.is_null()) return;
+  if (!config.extra.is_object()) {
+    fail("extra " + peft_json_text(config.extra), "a JSON object (or null)");
+  }
+  for (const auto& [key, value] : config.extra.items()) {
+    if (peft_owned_key(key)) {
+      fail("extra with the field " + safetensors_quote(key),
+           "that field in peft_config's own member, not in extra");
+    }
+  }
+  if (const auto it = config.extra.find("peft_type"); it != config.extra.end()) {
+    if (!it->is_string() || it->get<std::string>() != "LORA") {
+      fail("peft_type " + peft_json_text(*it), "\"LORA\"");
+    }
+  }
+  if (const auto it = config.extra.find("target_modules"); it != config.extra.end()) {
+    if (!config.target_modules.empty()) {
+      fail("target_modules both in target_modules and in extra", "one of them");
+    }
+    if (!it->is_string() && !it->is_null()) {
+      fail("extra target_modules " + peft_json_text(*it),
+           "a string or null in extra (a list belongs in target_modules)");
+    }
+  }
+  if (const auto it = config.extra.find("bias"); it != config.extra.end() && !it->is_null()) {
+    if (!it->is_string() || it->get<std::string>() != "none") {
+      fail("bias " + peft_json_text(*it), "\"none\" (lowrank reads adapters without bias tensors)");
+    }
+  }
+  // Variants whose tensors or forward pass differ from LoRA / DoRA.
+  for (const std::string_view variant :
+       {"lora_bias", "use_qalora", "use_bdlora", "alora_invocation_tokens", "target_parameters",
+        "arrow_config", "kasa_config", "monteclora_config"}) {
+    const auto it = config.extra.find(std::string(variant));
+    if (it == config.extra.end()) continue;
+    const bool off =
+        it->is_null() || (it->is_boolean() && !it->get<bool>()) || (it->is_array() && it->empty());
+    if (!off) {
+      fail(std::string(variant) + " " + peft_json_text(*it),
+           std::string(variant) +
+               " null or false: lowrank reads plain LoRA and DoRA adapters, not this variant");
+    }
+  }
+}
+
+/// adapter_config.json's text as a peft_config (the JSON types; values are checked by
+/// peft_check_config).
+inline peft_config peft_parse_config(const std::string& text, const peft_failure& fail) {
+  // A key twice in one object is an error: Python's json keeps the last, nlohmann's
+  // ordered_json the first, so the two would read different configs.
+  std::vector<std::set<std::string>> open;
+  std::optional<std::string> duplicate;
+  const auto unique_keys = [&](int, nlohmann::json::parse_event_t event,
+                               peft_ordered_json& parsed) {
+    using event_t = nlohmann::json::parse_event_t;
+    if (event == event_t::object_start) {
+      open.emplace_back();
+    } else if (event == event_t::object_end) {
+      if (!open.empty()) open.pop_back();
+    } else if (event == event_t::key && !open.empty()) {
+      const std::string& key = parsed.get_ref<const std::string&>();
+      if (!open.back().insert(key).second && !duplicate) duplicate = key;
+    }
+    return true;
+  };
+  peft_ordered_json doc;
+  try {
+    doc = peft_ordered_json::parse(text, unique_keys);
+  } catch (const nlohmann::json::exception& e) {
+    fail(std::string("whose ") + std::string(peft_config_name) + " is not JSON (" + e.what() + ")",
+         "a JSON object (PEFT's LoraConfig)");
+  }
+  if (duplicate) {
+    fail(std::string("whose ") + std::string(peft_config_name) + " has the key " +
+             safetensors_quote(*duplicate) + " twice in one object",
+         "JSON objects with distinct keys");
+  }
+  const std::string where = std::string("whose ") + std::string(peft_config_name) + " has ";
+  if (!doc.is_object()) {
+    fail(where + "the value " + peft_json_text(doc), "a JSON object (PEFT's LoraConfig)");
+  }
+  const auto integer = [&](const peft_ordered_json& v, const std::string& field) -> index_t {
+    if (v.is_number_unsigned()) {
+      const auto u = v.get<std::uint64_t>();
+      if (u <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max())) {
+        return static_cast<index_t>(u);
+      }
+    } else if (v.is_number_integer()) {
+      return static_cast<index_t>(v.get<std::int64_t>());  // negative: checked later
+    }
+    fail(where + field + " = " + peft_json_text(v), "a JSON integer >= 1");
+  };
+  const auto number = [&](const peft_ordered_json& v, const std::string& field) -> double {
+    if (!v.is_number()) fail(where + field + " = " + peft_json_text(v), "a JSON number");
+    return v.get<double>();
+  };
+  const auto boolean = [&](const peft_ordered_json& v, const std::string& field) -> bool {
+    if (!v.is_boolean()) fail(where + field + " = " + peft_json_text(v), "true or false");
+    return v.get<bool>();
+  };
+
+  peft_config config;
+  config.extra = nlohmann::json::object();
+  bool has_type = false;
+  for (const auto& [key, value] : doc.items()) {
+    if (key == "r") {
+      config.r = integer(value, "r");
+    } else if (key == "lora_alpha") {
+      config.lora_alpha = number(value, "lora_alpha");
+    } else if (key == "lora_dropout") {
+      config.lora_dropout = number(value, "lora_dropout");
+    } else if (key == "use_rslora") {
+      config.use_rslora = boolean(value, "use_rslora");
+    } else if (key == "use_dora") {
+      config.use_dora = boolean(value, "use_dora");
+    } else if (key == "rank_pattern" || key == "alpha_pattern") {
+      if (value.is_null()) continue;
+      if (!value.is_object()) {
+        fail(where + key + " = " + peft_json_text(value), "a JSON object of module patterns");
+      }
+      for (const auto& [pattern, v] : value.items()) {
+        const std::string field = key + "[" + safetensors_quote(pattern) + "]";
+        if (key == "rank_pattern") {
+          config.rank_pattern.emplace_back(pattern, integer(v, field));
+        } else {
+          config.alpha_pattern.emplace_back(pattern, number(v, field));
+        }
+      }
+    } else if (key == "target_modules" && value.is_array()) {
+      for (const peft_ordered_json& name : value) {
+        if (!name.is_string()) {
+          fail(where + "target_modules = " + peft_json_text(value),
+               "a list of strings, a string or null");
+        }
+        config.target_modules.push_back(name.get<std::string>());
+      }
+    } else {
+      if (key == "peft_type") has_type = true;
+      // ordered_json -> json: the same value (objects inside sort their keys, as PEFT's
+      // json.dumps(sort_keys=True) does).
+      config.extra[key] = nlohmann::json::parse(value.dump());
+    }
+  }
+  if (!has_type) fail(where + "no peft_type", "\"peft_type\": \"LORA\"");
+  return config;
+}
+
+/// The JSON text write_peft_adapter writes: PEFT's layout (json.dumps(indent=2,
+/// sort_keys=True): sorted keys, two-space indent, ASCII with \u escapes), the patterns in
+/// their matching order.
+template <class T>
+std::string peft_config_text(const peft_config& config,
+                             const std::vector<peft_module<T>>& modules) {
+  // An integral value as a JSON integer (PEFT's lora_alpha is an int), others as floats.
+  const auto alpha_json = [](double x) {
+    if (x == std::trunc(x) && std::fabs(x) < 9007199254740992.0) {
+      return peft_ordered_json(static_cast<std::int64_t>(x));
+    }
+    return peft_ordered_json(x);
+  };
+  std::map<std::string, peft_ordered_json> fields;
+  if (config.extra.is_object()) {
+    for (const auto& [key, value] : config.extra.items()) {
+      fields[key] = peft_ordered_json::parse(value.dump());
+    }
+  }
+  if (!fields.contains("peft_type")) fields["peft_type"] = "LORA";
+  fields["r"] = static_cast<std::int64_t>(config.r);
+  fields["lora_alpha"] = alpha_json(config.lora_alpha);
+  fields["lora_dropout"] = config.lora_dropout;
+  fields["use_rslora"] = config.use_rslora;
+  fields["use_dora"] = config.use_dora;
+  peft_ordered_json ranks = peft_ordered_json::object();
+  for (const auto& [key, value] : config.rank_pattern)
+    ranks[key] = static_cast<std::int64_t>(value);
+  fields["rank_pattern"] = std::move(ranks);
+  peft_ordered_json alphas = peft_ordered_json::object();
+  for (const auto& [key, value] : config.alpha_pattern) alphas[key] = alpha_json(value);
+  fields["alpha_pattern"] = std::move(alphas);
+  if (!config.target_modules.empty()) {
+    fields["target_modules"] = config.target_modules;
+  } else if (!fields.contains("target_modules")) {
+    std::set<std::string> last;
+    for (const peft_module<T>& m : modules) last.insert(m.name.substr(m.name.rfind('.') + 1));
+    fields["target_modules"] = std::vector<std::string>(last.begin(), last.end());
+  }
+  peft_ordered_json doc = peft_ordered_json::object();
+  for (auto& [key, value] : fields) doc[key] = std::move(value);
+  return doc.dump(2, ' ', true);
+}
+
+inline bool peft_fits(double x, dtype stored) {
+  switch (stored) {
+    case dtype::float32:
+      // Below FLT_MAX + half an ulp (0x1.fffffep127 + 0x1p103), x rounds to a finite float.
+      return std::fabs(x) < 0x1.ffffffp127;
+    case dtype::float16:
+      return std::isfinite(half_to_double(double_to_half(x)));
+    case dtype::bfloat16:
+      return std::isfinite(bfloat16_to_float(double_to_bfloat16(x)));
+    case dtype::float64:
+      return true;
+  }
+  return false;
+}
+
+inline std::string peft_read_text(const std::filesystem::path& file,
+                                  const safetensors_source& source) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(file, ec);
+  const std::string name = file.filename().string();
+  const std::string expected = "a directory with a readable " + name;
+  if (!std::filesystem::exists(status)) safetensors_fail(source, "with no " + name, expected);
+  if (!std::filesystem::is_regular_file(status)) {
+    safetensors_fail(source, "whose " + name + " is not a regular file", expected);
+  }
+  std::ifstream in(file, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in && !in.eof()) safetensors_fail(source, "whose " + name + " cannot be read", expected);
+  return text;
+}
+
+}  // namespace detail
+
+/// The rank PEFT gives `module` under `config`: the value of the first rank_pattern key
+/// that matches (PEFT's get_pattern_key; see the file comment), else `config.r`.
+///
+/// @throws lowrank::invalid_argument (function `lowrank::io::peft_rank`, argument `config`)
+///   when a rank_pattern or alpha_pattern key is not a regular expression or appears twice.
+[[nodiscard]] inline index_t peft_rank(const peft_config& config, const std::string& module) {
+  detail::peft_resolver resolver(config, {"lowrank::io::peft_rank", "config", "a config", "with "});
+  return resolver.rank(module);
+}
+
+/// The alpha PEFT gives `module` under `config`: the value of the first alpha_pattern key
+/// that matches, else `config.lora_alpha`.
+///
+/// @throws lowrank::invalid_argument (function `lowrank::io::peft_alpha`, argument `config`)
+///   when a rank_pattern or alpha_pattern key is not a regular expression or appears twice.
+[[nodiscard]] inline double peft_alpha(const peft_config& config, const std::string& module) {
+  detail::peft_resolver resolver(config,
+                                 {"lowrank::io::peft_alpha", "config", "a config", "with "});
+  return resolver.alpha(module);
+}
+
+/// Reads a PEFT LoRA or DoRA adapter directory (adapter_config.json and
+/// adapter_model.safetensors; format and checks: see the file comment). The modules are
+/// sorted by name; each has its rank and alpha after rank_pattern / alpha_pattern, A
+/// (rank x in), B (out x rank) and, with use_dora, the magnitude (out). F16, BF16 and F32
+/// convert exactly; F64 -> float rounds to nearest.
+///
+/// Memory: the safetensors file plus the result.
+///
+/// @throws lowrank::invalid_argument (function `lowrank::io::read_peft_adapter`, argument
+///   `dir`, whose value is the quoted path) when `dir` is not a directory, a file is
+///   missing, adapter_config.json is not JSON or breaks a rule of the file comment,
+///   adapter_model.safetensors is not a valid safetensors file (the message includes the
+///   safetensors reader's), a tensor is unexpected or has the wrong dtype or shape, a module
+///   lacks a factor, or a pattern key matches no module, e.g.
+///   `lowrank::io::read_peft_adapter: argument 'dir' is "a" with the module
+///   'layers.0.q_proj' without lora_B.weight; expected ...`.
+/// @throws lowrank::numerical_error (same function and argument) when a value is not finite
+///   after conversion to T.
+template <class T>
+requires std::same_as<T, float> || std::same_as<T, double>
+[[nodiscard]] peft_adapter<T> read_peft_adapter(const std::filesystem::path& dir) {
+  constexpr std::string_view function = "lowrank::io::read_peft_adapter";
+  const detail::safetensors_source source{function, "dir", detail::safetensors_quote_path(dir)};
+  const detail::peft_failure fail{function, "dir", source.subject, ""};
+  {
+    std::error_code ec;
+    const auto status = std::filesystem::status(dir, ec);
+    if (!std::filesystem::exists(status)) {
+      fail(", which does not exist", "a PEFT adapter directory");
+    }
+    if (!std::filesystem::is_directory(status)) {
+      fail(", which is not a directory", "a PEFT adapter directory");
+    }
+  }
+
+  peft_adapter<T> adapter;
+  adapter.config = detail::peft_parse_config(
+      detail::peft_read_text(dir / detail::peft_config_name, source), fail);
+  const peft_config& config = adapter.config;
+  const detail::peft_failure config_fail = fail.in("whose adapter_config.json has ");
+  detail::peft_check_config(config, config_fail);
+  detail::peft_resolver resolver(config, config_fail);
+
+  const std::filesystem::path weights_path = dir / detail::peft_weights_name;
+  {
+    std::error_code ec;
+    if (!std::filesystem::exists(weights_path, ec)) {
+      const bool bin = std::filesystem::exists(dir / "adapter_model.bin", ec);
+      fail(bin ? "with adapter_model.bin but no adapter_model.safetensors"
+               : "with no adapter_model.safetensors",
+           "a directory with adapter_model.safetensors (lowrank does not read pickled .bin "
+           "files)");
+    }
+  }
+  std::optional<safetensors_file> weights;
+  try {
+    weights.emplace(safetensors_file::read(weights_path));
+  } catch (const lowrank::invalid_argument& e) {
+    fail(std::string("whose adapter_model.safetensors is invalid (") + e.what() + ")",
+         "a valid safetensors file");
+  }
+
+  // Group the tensors by module.
+  struct names {
+    const std::string* a = nullptr;
+    const std::string* b = nullptr;
+    const std::string* m = nullptr;
+  };
+  std::map<std::string, names> grouped;
+  const std::string expected_names =
+      config.use_dora
+          ? "only tensors base_model.model.<module>.lora_A.weight, .lora_B.weight and "
+            ".lora_magnitude_vector (use_dora is true)"
+          : "only tensors base_model.model.<module>.lora_A.weight and .lora_B.weight (use_dora "
+            "is false)";
+  for (const auto& [tensor, info] : weights->tensors()) {
+    const std::string_view t = tensor;
+    const std::string stray = "with the tensor " + detail::safetensors_quote(tensor);
+    if (!t.starts_with(detail::peft_prefix)) fail(stray, expected_names);
+    const std::string_view rest = t.substr(detail::peft_prefix.size());
+    std::string_view module;
+    const std::string** slot = nullptr;
+    names* entry = nullptr;
+    for (const std::string_view suffix :
+         {detail::peft_suffix_a, detail::peft_suffix_b, detail::peft_suffix_m}) {
+      if (!rest.ends_with(suffix)) continue;
+      if (suffix == detail::peft_suffix_m && !config.use_dora) break;
+      module = rest.substr(0, rest.size() - suffix.size());
+      if (!detail::peft_valid_module_name(module)) break;
+      entry = &grouped[std::string(module)];
+      slot = suffix == detail::peft_suffix_a   ? &entry->a
+             : suffix == detail::peft_suffix_b ? &entry->b
+                                               : &entry->m;
+      break;
+    }
+    if (slot == nullptr) fail(stray, expected_names);
+    *slot = &tensor;
+    if (!info.type) {
+      fail(stray + " of dtype '" + info.dtype_name + "'", "tensors of dtype F32, F16, BF16 or F64");
+    }
+  }
+  if (grouped.empty()) {
+    fail("whose adapter_model.safetensors has no LoRA tensors", "at least one adapted module");
+  }
+
+  const auto shape_of = [&](const std::string& tensor) -> const std::vector<std::int64_t>& {
+    return weights->tensors().at(tensor).shape;
+  };
+  const auto convert = [&](const std::string& tensor) {
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> values = weights->matrix<T>(tensor);
+    if (!values.allFinite()) {
+      lowrank::detail::throw_numerical_error(function, "dir",
+                                             source.subject + " with the tensor " +
+                                                 detail::safetensors_quote(tensor) +
+                                                 ", which holds a value that is not finite as " +
+                                                 (std::same_as<T, float> ? "float" : "double"),
+                                             "finite values");
+    }
+    return values;
+  };
+  adapter.modules.reserve(grouped.size());
+  for (const auto& [module, entry] : grouped) {
+    const std::string quoted = "the module " + detail::safetensors_quote(module);
+    if (entry.a == nullptr)
+      fail("with " + quoted + " without lora_A.weight", "A and B for every module");
+    if (entry.b == nullptr)
+      fail("with " + quoted + " without lora_B.weight", "A and B for every module");
+    if (config.use_dora && entry.m == nullptr) {
+      fail("with " + quoted + " without lora_magnitude_vector",
+           "a magnitude for every module (use_dora is true)");
+    }
+    peft_module<T> out;
+    out.name = module;
+    out.rank = resolver.rank(module);
+    out.alpha = resolver.alpha(module);
+    out.use_rslora = config.use_rslora;
+    const std::vector<std::int64_t>& sa = shape_of(*entry.a);
+    const std::vector<std::int64_t>& sb = shape_of(*entry.b);
+    const std::string rank = std::to_string(out.rank);
+    if (sa.size() != 2 || sa[0] != out.rank || sa[1] < 1) {
+      fail("with " + quoted + " whose lora_A.weight has shape " +
+               detail::safetensors_shape_string(sa),
+           "shape [" + rank + ", in] with in >= 1 (the module's rank is " + rank + ")");
+    }
+    if (sb.size() != 2 || sb[1] != out.rank || sb[0] < 1) {
+      fail("with " + quoted + " whose lora_B.weight has shape " +
+               detail::safetensors_shape_string(sb),
+           "shape [out, " + rank + "] with out >= 1 (the module's rank is " + rank + ")");
+    }
+    if (entry.m != nullptr) {
+      const std::vector<std::int64_t>& sm = shape_of(*entry.m);
+      if (sm.size() != 1 || sm[0] != sb[0]) {
+        fail("with " + quoted + " whose lora_magnitude_vector has shape " +
+                 detail::safetensors_shape_string(sm),
+             "shape [" + std::to_string(sb[0]) + "] (lora_B.weight's out)");
+      }
+      out.magnitude = convert(*entry.m).col(0);
+    }
+    out.a = convert(*entry.a);
+    out.b = convert(*entry.b);
+    adapter.modules.push_back(std::move(out));
+  }
+  resolver.require_all_used(adapter.modules.size(), config_fail.in("the "));
+  return adapter;
+}
+
+/// Writes `adapter` as a PEFT adapter directory that `PeftModel.from_pretrained` loads
+/// (tests/adapters/fixtures/peft/cpp_saved was written by this function and checked with
+/// PEFT): adapter_config.json (PEFT's field names; see peft_config for what is written) and
+/// adapter_model.safetensors with every factor stored as `stored` (values rounded once to
+/// nearest even), the modules in name order. `dir` is created if missing.
+///
+/// Each file is written to a temporary in `dir` and renamed over its target once both are
+/// written, the weights first: a failure before the renames leaves the directory as it was.
+///
+/// @throws lowrank::invalid_argument (function `lowrank::io::write_peft_adapter`)
+///   - argument `adapter`: a config that breaks the rules of the file comment (r, alpha,
+///     dropout, patterns, `extra` not an object, holding a field peft_config holds, a
+///     peft_type other than "LORA", or a LoRA variant), no modules, a module name that is
+///     empty, has an empty component or appears twice, a module whose rank, alpha or
+///     use_rslora is not what the config gives it, A not rank x in, B not out x rank, a
+///     magnitude not of B's rows with use_dora or not empty without, or a pattern key that
+///     matches no module;
+///   - argument `stored`: not a dtype enumerator, or a value that overflows it (e.g. over
+///     65504 in F16);
+///   - argument `dir`: not a directory or not writable, or a failed write or rename.
+/// @throws lowrank::numerical_error (argument `adapter`) when a value is not finite.
+template <class T>
+requires std::same_as<T, float> || std::same_as<T, double>
+void write_peft_adapter(const std::filesystem::path& dir, const peft_adapter<T>& adapter,
+                        dtype stored = dtype::float32) {
+  constexpr std::string_view function = "lowrank::io::write_peft_adapter";
+  const peft_config& config = adapter.config;
+  const std::string subject =
+      "an adapter of " + std::to_string(adapter.modules.size()) + " modules";
+  const detail::peft_failure fail{function, "adapter", subject, "with "};
+  if (!detail::safetensors_known(stored)) {
+    lowrank::detail::throw_invalid_argument(function, "stored", static_cast<int>(stored),
+                                            "dtype::float32, float16, bfloat16 or float64");
+  }
+  const detail::peft_failure config_fail = fail.in("config.");
+  detail::peft_check_config(config, config_fail);
+  detail::peft_resolver resolver(config, config_fail);
+  if (adapter.modules.empty()) fail("no modules", "at least one module");
+
+  std::vector<const peft_module<T>*> order;
+  order.reserve(adapter.modules.size());
+  for (const peft_module<T>& m : adapter.modules) order.push_back(&m);
+  std::sort(order.begin(), order.end(),
+            [](const auto* x, const auto* y) { return x->name < y->name; });
+  std::vector<tensor_to_write> tensors;
+  tensors.reserve(order.size() * 3);
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const peft_module<T>& m = *order[k];
+    const std::string quoted = "the module " + detail::safetensors_quote(m.name);
+    if (!detail::peft_valid_module_name(m.name)) {
+      fail(quoted + " as a name", "module paths of non-empty dot-separated components");
+    }
+    if (k > 0 && order[k - 1]->name == m.name) fail(quoted + " twice", "distinct module names");
+    const index_t rank = resolver.rank(m.name);
+    const double alpha = resolver.alpha(m.name);
+    if (m.rank != rank) {
+      fail(quoted + " of rank " + std::to_string(m.rank),
+           "the rank the config gives it: " + std::to_string(rank) +
+               " (r, or the first rank_pattern key that matches)");
+    }
+    if (m.alpha != alpha) {
+      fail(quoted + " of alpha " + detail::peft_number(m.alpha),
+           "the alpha the config gives it: " + detail::peft_number(alpha) +
+               " (lora_alpha, or the first alpha_pattern key that matches)");
+    }
+    if (m.use_rslora != config.use_rslora) {
+      fail(quoted + std::string(" with use_rslora ") + (m.use_rslora ? "true" : "false"),
+           "the config's use_rslora");
+    }
+    const std::string shapes = " (A " + std::to_string(m.a.rows()) + " x " +
+                               std::to_string(m.a.cols()) + ", B " + std::to_string(m.b.rows()) +
+                               " x " + std::to_string(m.b.cols()) + ", magnitude " +
+                               std::to_string(m.magnitude.size()) + ")";
+    if (m.a.rows() != rank || m.a.cols() < 1 || m.b.cols() != rank || m.b.rows() < 1) {
+      fail(quoted + shapes,
+           "A rank x in and B out x rank with rank " + std::to_string(rank) + " and in, out >= 1");
+    }
+    if (config.use_dora ? m.magnitude.size() != m.b.rows() : m.magnitude.size() != 0) {
+      fail(quoted + shapes, config.use_dora ? "a magnitude of out = B's rows entries (use_dora)"
+                                            : "an empty magnitude (use_dora is false)");
+    }
+    const std::string base = std::string(detail::peft_prefix) + m.name;
+    tensors.push_back(
+        {base + std::string(detail::peft_suffix_a), stored, m.a.template cast<double>(), false});
+    tensors.push_back(
+        {base + std::string(detail::peft_suffix_b), stored, m.b.template cast<double>(), false});
+    if (config.use_dora) {
+      tensors.push_back({base + std::string(detail::peft_suffix_m), stored,
+                         m.magnitude.template cast<double>(), true});
+    }
+    for (std::size_t t = tensors.size() - (config.use_dora ? 3 : 2); t < tensors.size(); ++t) {
+      const Eigen::MatrixXd& values = tensors[t].values;
+      for (Eigen::Index j = 0; j < values.cols(); ++j) {
+        for (Eigen::Index i = 0; i < values.rows(); ++i) {
+          const double x = values(i, j);
+          const std::string where =
+              quoted + " whose tensor " + detail::safetensors_quote(tensors[t].name) + " holds " +
+              detail::peft_number(x) + " at (" + std::to_string(i) + ", " + std::to_string(j) + ")";
+          if (!std::isfinite(x)) {
+            lowrank::detail::throw_numerical_error(function, "adapter", subject + " with " + where,
+                                                   "finite values");
+          }
+          if (!detail::peft_fits(x, stored)) {
+            lowrank::detail::throw_invalid_argument(
+                function, "stored",
+                std::string(name(stored)) + " for " + subject + " with " + where,
+                "a dtype whose range holds every value");
+          }
+        }
+      }
+    }
+  }
+  resolver.require_all_used(adapter.modules.size(), config_fail);
+
+  std::string json;
+  try {
+    json = detail::peft_config_text(config, adapter.modules);
+  } catch (const nlohmann::json::exception& e) {
+    fail(std::string("config.extra that cannot be written as JSON (") + e.what() + ")",
+         "valid UTF-8 strings");
+  }
+
+  const detail::safetensors_source source{function, "dir", detail::safetensors_quote_path(dir)};
+  {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (!std::filesystem::is_directory(dir, ec)) {
+      detail::safetensors_fail(source, ", which is not a directory and cannot be created",
+                               "a directory path");
+    }
+  }
+  detail::safetensors_temporary_file config_file(dir / detail::peft_config_name, source);
+  config_file.write(json.data(), json.size());
+  try {
+    write_safetensors(dir / detail::peft_weights_name, tensors, {{"format", "pt"}});
+  } catch (const lowrank::invalid_argument& e) {
+    detail::safetensors_fail(
+        source,
+        std::string(", whose adapter_model.safetensors cannot be written (") + e.what() + ")",
+        "a writable directory");
+  }
+  config_file.commit();
+}
+
+}  // namespace lowrank::io
