@@ -3,29 +3,39 @@
 /// The CUDA operation table, `lowrank::ops<lowrank::cuda>`: cuBLAS for the
 /// products, cuSOLVER for Householder QR and the SVD, lowrank's kernels
 /// (backend/cuda/kernels/) for the random fills, element-wise maps and
-/// reductions. The semantics are those of `lowrank::backend_for`
-/// (core/concepts.hpp); every operation is queued on the context's stream,
-/// and those that return host values (squared_norm, find_non_finite,
-/// download, and the cuSOLVER calls, whose devInfo is read) synchronise it.
-/// Every status is checked (backend/cuda/error.hpp).
+/// reductions. The semantics are those of `lowrank::backend_for` and
+/// `lowrank::adapter_backend_for` (core/concepts.hpp); every operation is
+/// queued on the context's stream, and those that return host values
+/// (squared_norm, find_non_finite, download, and the cuSOLVER calls, whose
+/// devInfo is read) or read host memory (upload, upload_indices) synchronise
+/// it. merge_low_rank / unmerge_low_rank run the CPU backend's merge on host
+/// copies (bit-identical merges on both backends; W crosses PCIe twice), so
+/// they synchronise too. Every status is checked (backend/cuda/error.hpp).
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
+#include "lowrank/backend/cpu/context.hpp"
+#include "lowrank/backend/cpu/ops.hpp"
 #include "lowrank/backend/cuda/context.hpp"
 #include "lowrank/backend/cuda/error.hpp"
+#include "lowrank/backend/cuda/kernels/adapters.cuh"
 #include "lowrank/backend/cuda/kernels/elementwise.cuh"
 #include "lowrank/backend/cuda/kernels/launch.cuh"
 #include "lowrank/backend/cuda/kernels/random.cuh"
 #include "lowrank/backend/cuda/kernels/reduce.cuh"
 #include "lowrank/backend/cuda/matrix.hpp"
 #include "lowrank/core/concepts.hpp"
+#include "lowrank/core/eigen.hpp"
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix_view.hpp"
 #include "lowrank/random/philox.hpp"
@@ -423,7 +433,221 @@ struct ops<cuda> {
     ctx.synchronize();
   }
 
+  // --- Operations of the adapters (adapter_backend_for) -------------------------
+  // Element-wise results carry the CPU backend's bits (kernels/adapters.cuh);
+  // nothing here synchronises the stream except merge_low_rank,
+  // unmerge_low_rank and upload_indices.
+
+  /// X = alpha X + beta.
+  template <scalar T>
+  static void affine(context<cuda>& ctx, T alpha, T beta, matrix_view<T, cuda> x) {
+    if (x.empty()) return;
+    detail::kernels::affine<<<detail::kernels::grid_for(x.size()), detail::kernels::block_threads,
+                              0, ctx.stream()>>>(alpha, beta, x.data(), x.rows(), x.cols(), x.ld());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::affine: kernel launch");
+  }
+
+  /// Y = alpha X + beta Y (beta = 0 ignores Y's previous content).
+  template <scalar T>
+  static void axpby(context<cuda>& ctx, T alpha, input<T> x, T beta, matrix_view<T, cuda> y) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols());
+    if (y.empty()) return;
+    detail::kernels::axpby<<<detail::kernels::grid_for(y.size()), detail::kernels::block_threads, 0,
+                             ctx.stream()>>>(alpha, x.data(), x.ld(), beta, y.data(), y.ld(),
+                                             y.rows(), y.cols());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::axpby: kernel launch");
+  }
+
+  /// Y = alpha (X (.) M) / (1 - p) + beta Y, the keep mask M(i, j) = [u(i, j)
+  /// >= p] from the float uniform matrix of `stream`: the CPU backend's mask,
+  /// bit for bit (one thread per Philox block). p in [0, 1).
+  /// @throws lowrank::invalid_argument if X is beyond the generator's range
+  ///   (more than 2^34 rows or 2^32 columns).
+  template <scalar T>
+  static void dropout(context<cuda>& ctx, random_stream stream, double p, T alpha, input<T> x,
+                      T beta, matrix_view<T, cuda> y) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && p >= 0 && p < 1);
+    constexpr index_t counter_limit = index_t{1} << 32;
+    const char* fn = "lowrank::ops<cuda>::dropout";
+    if (x.rows() > counter_limit * 4) {
+      detail::throw_invalid_argument(fn, "x.rows()", x.rows(), "<= 2^34 (the generator's range)");
+    }
+    if (x.cols() > counter_limit) {
+      detail::throw_invalid_argument(fn, "x.cols()", x.cols(), "<= 2^32 (the generator's range)");
+    }
+    if (y.empty()) return;
+    const T keep = alpha / static_cast<T>(1.0 - p);  // as the CPU computes it
+    const index_t blocks = (x.rows() + 3) / 4;
+    detail::kernels::dropout<<<detail::kernels::grid_for(blocks * x.cols()),
+                               detail::kernels::block_threads, 0, ctx.stream()>>>(
+        stream, p, keep, x.data(), x.ld(), beta, y.data(), y.ld(), x.rows(), x.cols(), blocks);
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::dropout: kernel launch");
+  }
+
+  /// Y(i, :) += alpha v^T for every row i (a bias added to a batch).
+  template <scalar T>
+  static void add_row_vector(context<cuda>& ctx, T alpha, vector_input<T> v,
+                             matrix_view<T, cuda> y) {
+    LOWRANK_ASSERT(v.size() == y.cols());
+    if (y.empty()) return;
+    detail::kernels::add_row_vector<<<detail::kernels::grid_for(y.size()),
+                                      detail::kernels::block_threads, 0, ctx.stream()>>>(
+        alpha, v.data(), y.data(), y.rows(), y.cols(), y.ld());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::add_row_vector: kernel launch");
+  }
+
+  /// y_j += alpha sum_i X(i, j), each sum accumulated in double (a fixed
+  /// tree per column: deterministic).
+  template <scalar T>
+  static void add_column_sums(context<cuda>& ctx, T alpha, input<T> x, vector_view<T, cuda> y) {
+    LOWRANK_ASSERT(y.size() == x.cols());
+    if (x.cols() == 0) return;
+    const auto grid = static_cast<unsigned>(std::min<index_t>(x.cols(), 65535));
+    detail::kernels::add_column_sums<<<grid, detail::kernels::block_threads, 0, ctx.stream()>>>(
+        alpha, x.data(), x.rows(), x.cols(), x.ld(), y.data());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::add_column_sums: kernel launch");
+  }
+
+  /// out_i = sum_j X(i, j) Y(i, j), accumulated in double (X, Y of one
+  /// shape): one thread per row, the columns in order (the CPU's sum).
+  template <scalar T>
+  static void row_dots(context<cuda>& ctx, matrix_view<const T, cuda> x, input<T> y,
+                       vector_view<double, cuda> out) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && out.size() == x.rows());
+    if (x.rows() == 0) return;
+    detail::kernels::row_dots<<<detail::kernels::grid_for(x.rows()), detail::kernels::block_threads,
+                                0, ctx.stream()>>>(x.data(), x.ld(), y.data(), y.ld(), x.rows(),
+                                                   x.cols(), out.data());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::row_dots: kernel launch");
+  }
+
+  /// out_j = sum_i X(i, j) Y(i, j), accumulated in double (X, Y of one
+  /// shape): a fixed tree per column (deterministic).
+  template <scalar T>
+  static void column_dots(context<cuda>& ctx, matrix_view<const T, cuda> x, input<T> y,
+                          vector_view<double, cuda> out) {
+    LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && out.size() == x.cols());
+    if (x.cols() == 0) return;
+    const auto grid = static_cast<unsigned>(std::min<index_t>(x.cols(), 65535));
+    detail::kernels::column_dots<<<grid, detail::kernels::block_threads, 0, ctx.stream()>>>(
+        x.data(), x.ld(), y.data(), y.ld(), x.rows(), x.cols(), out.data());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::column_dots: kernel launch");
+  }
+
+  /// Out(k, :) = X(rows[k], :) for k < rows.size() (rows in device memory;
+  /// out is rows.size() x x.cols(); every rows[k] in [0, x.rows())).
+  template <scalar T>
+  static void gather_rows(context<cuda>& ctx, input<T> x, vector_view<const index_t, cuda> rows,
+                          matrix_view<T, cuda> out) {
+    LOWRANK_ASSERT(out.rows() == rows.size() && out.cols() == x.cols());
+    if (out.empty()) return;
+    detail::kernels::gather_rows<<<detail::kernels::grid_for(out.size()),
+                                   detail::kernels::block_threads, 0, ctx.stream()>>>(
+        x.data(), x.ld(), rows.data(), out.data(), out.ld(), out.rows(), out.cols());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::gather_rows: kernel launch");
+  }
+
+  /// Y(rows[k], :) += alpha Src(k, :) for k < rows.size() (rows in device
+  /// memory, distinct and in [0, y.rows()); src is rows.size() x y.cols()).
+  template <scalar T>
+  static void scatter_add_rows(context<cuda>& ctx, T alpha, input<T> src,
+                               vector_view<const index_t, cuda> rows, matrix_view<T, cuda> y) {
+    LOWRANK_ASSERT(src.rows() == rows.size() && src.cols() == y.cols());
+    if (src.empty()) return;
+    detail::kernels::scatter_add_rows<<<detail::kernels::grid_for(src.size()),
+                                        detail::kernels::block_threads, 0, ctx.stream()>>>(
+        alpha, src.data(), src.ld(), rows.data(), y.data(), y.ld(), src.rows(), src.cols());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::scatter_add_rows: kernel launch");
+  }
+
+  /// Device index vector dst = host index vector src (same size). An upload
+  /// that is complete when the call returns (it synchronises the stream), so
+  /// that the caller may reuse src at once.
+  static void upload_indices(context<cuda>& ctx, vector_view<const index_t, cpu> src,
+                             vector_view<index_t, cuda> dst) {
+    LOWRANK_ASSERT(src.size() == dst.size());
+    if (src.empty()) return;
+    detail::copy_2d(src.data(), src.size(), dst.data(), dst.size(), src.size(), index_t{1},
+                    cudaMemcpyHostToDevice, ctx.stream(),
+                    "lowrank::ops<cuda>::upload_indices: cudaMemcpy2DAsync");
+    ctx.synchronize();
+  }
+
+  /// The merge of a low-rank update into a weight, W'(i, j) = fl(c_i (W(i, j)
+  /// + s (B A)(i, j))) in extended precision: ops<cpu>::merge_low_rank on host
+  /// copies of W, B, A and c, so the merged bits, the returned index of the
+  /// first non-finite W' (or -1), the `record` and hence the exact unmerge
+  /// are the CPU backend's. Not a hot path: it synchronises the stream,
+  /// downloads W, B, A and c, and (unless `check_only`, which leaves W
+  /// untouched) uploads W' back: two transfers of W over PCIe and a host
+  /// copy of W (plus one of B A's column) in memory.
+  template <scalar T>
+  static index_t merge_low_rank(context<cuda>& ctx, double s, input<T> b, input<T> a,
+                                vector_view<const double, cuda> row_scale, matrix_view<T, cuda> w,
+                                bool check_only,
+                                std::vector<merge_exception<std::type_identity_t<T>>>* record) {
+    auto host =
+        host_operands(ctx, b, a, row_scale, as_const(w), "lowrank::ops<cuda>::merge_low_rank");
+    context<cpu> cpu_ctx;
+    const index_t bad = ops<cpu>::merge_low_rank<T>(cpu_ctx, s, view(std::as_const(host.b)),
+                                                    view(std::as_const(host.a)), host.scale(),
+                                                    view(host.w), check_only, record);
+    if (!check_only) {
+      upload<T>(ctx, view(std::as_const(host.w)), w);
+    }
+    return bad;
+  }
+
+  /// The inverse of merge_low_rank() (ops<cpu>::unmerge_low_rank on host
+  /// copies, the record applied there): with the record of the merge, W is
+  /// the pre-merge weight bit for bit. Synchronises the stream and moves W
+  /// over PCIe twice, as merge_low_rank().
+  template <scalar T>
+  static void unmerge_low_rank(
+      context<cuda>& ctx, double s, input<T> b, input<T> a,
+      vector_view<const double, cuda> row_scale, matrix_view<T, cuda> w,
+      const std::vector<merge_exception<std::type_identity_t<T>>>& record) {
+    auto host =
+        host_operands(ctx, b, a, row_scale, as_const(w), "lowrank::ops<cuda>::unmerge_low_rank");
+    context<cpu> cpu_ctx;
+    ops<cpu>::unmerge_low_rank<T>(cpu_ctx, s, view(std::as_const(host.b)),
+                                  view(std::as_const(host.a)), host.scale(), view(host.w), record);
+    upload<T>(ctx, view(std::as_const(host.w)), w);
+  }
+
  private:
+  /// Host copies of the operands of a merge (contiguous).
+  template <class T>
+  struct merge_operands {
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> w, b, a;
+    Eigen::VectorXd c;
+    [[nodiscard]] vector_view<const double, cpu> scale() const noexcept {
+      return {c.data(), c.size()};
+    }
+  };
+
+  /// Downloads W, B, A and the row scale c (queued, then one synchronisation).
+  template <class T>
+  static merge_operands<T> host_operands(context<cuda>& ctx, matrix_view<const T, cuda> b,
+                                         matrix_view<const T, cuda> a,
+                                         vector_view<const double, cuda> row_scale,
+                                         matrix_view<const T, cuda> w, const char* call) {
+    merge_operands<T> host;
+    host.w.resize(w.rows(), w.cols());
+    host.b.resize(b.rows(), b.cols());
+    host.a.resize(a.rows(), a.cols());
+    host.c.resize(row_scale.size());
+    const auto down = [&](const auto* src, index_t ld, auto* dst, index_t rows, index_t cols) {
+      detail::copy_2d(src, ld, dst, rows, rows, cols, cudaMemcpyDeviceToHost, ctx.stream(), call);
+    };
+    down(w.data(), w.ld(), host.w.data(), w.rows(), w.cols());
+    down(b.data(), b.ld(), host.b.data(), b.rows(), b.cols());
+    down(a.data(), a.ld(), host.a.data(), a.rows(), a.cols());
+    down(row_scale.data(), row_scale.size(), host.c.data(), row_scale.size(), index_t{1});
+    ctx.synchronize();
+    return host;
+  }
+
   static void check_info(context<cuda>& ctx, const char* call) {
     int info = 0;
     detail::check(
@@ -436,5 +660,7 @@ struct ops<cuda> {
 
 static_assert(backend_for<cuda, float>);
 static_assert(backend_for<cuda, double>);
+static_assert(adapter_backend_for<cuda, float>);
+static_assert(adapter_backend_for<cuda, double>);
 
 }  // namespace lowrank
