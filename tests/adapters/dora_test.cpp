@@ -11,6 +11,7 @@
 
 #include "lowrank/adapters/dora.hpp"
 #include "lowrank/backend/cpu/ops.hpp"
+#include "support/adapters.hpp"
 #include "support/backends.hpp"
 
 namespace lowrank::test {
@@ -19,36 +20,6 @@ namespace {
 template <class T>
 using mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 using matd = mat<double>;
-
-template <class T>
-mat<T> values(index_t rows, index_t cols, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<double> dist(-1, 1);
-  mat<T> m(rows, cols);
-  for (index_t j = 0; j < cols; ++j) {
-    for (index_t i = 0; i < rows; ++i) m(i, j) = T(float(dist(gen)));
-  }
-  return m;
-}
-
-matd central_differences(Eigen::Ref<matd> p, const std::function<double()>& loss) {
-  const double h = 1e-6;
-  matd g(p.rows(), p.cols());
-  for (index_t j = 0; j < p.cols(); ++j) {
-    for (index_t i = 0; i < p.rows(); ++i) {
-      const double keep = p(i, j);
-      p(i, j) = keep + h;
-      const double up = loss();
-      p(i, j) = keep - h;
-      const double down = loss();
-      p(i, j) = keep;
-      g(i, j) = (up - down) / (2 * h);
-    }
-  }
-  return g;
-}
-
-double relative_error(const matd& a, const matd& b) { return (a - b).norm() / b.norm(); }
 
 template <class T>
 class dora_typed : public ::testing::Test {};
@@ -60,9 +31,9 @@ TYPED_TEST_SUITE(dora_typed, scalars);
 TYPED_TEST(dora_typed, starts_as_the_base_layer) {
   using T = TypeParam;
   context<cpu> ctx(2);
-  mat<T> w = values<T>(14, 20, 1);
-  Eigen::Matrix<T, -1, 1> bias = values<T>(14, 1, 2);
-  const mat<T> x = values<T>(9, 20, 3);
+  mat<T> w = random_matrix<T>(14, 20, 1);
+  Eigen::Matrix<T, -1, 1> bias = random_matrix<T>(14, 1, 2);
+  const mat<T> x = random_matrix<T>(9, 20, 3);
   dora<cpu, T> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), 14), {.rank = 3});
   mat<T> y(9, 14);
   layer.forward(ctx, view(x), view(y));
@@ -78,10 +49,10 @@ TYPED_TEST(dora_typed, starts_as_the_base_layer) {
 TYPED_TEST(dora_typed, factored_norm_matches_the_dense_norm) {
   using T = TypeParam;
   context<cpu> ctx(2);
-  mat<T> w = values<T>(30, 25, 1);
-  const mat<T> x = values<T>(4, 25, 3);
+  mat<T> w = random_matrix<T>(30, 25, 1);
+  const mat<T> x = random_matrix<T>(4, 25, 3);
   dora<cpu, T> layer(ctx, view(w), {}, {.rank = 5, .alpha = 10});
-  as_eigen(layer.b()) = values<T>(30, 5, 4);
+  as_eigen(layer.b()) = random_matrix<T>(30, 5, 4);
   mat<T> y(4, 30);
   layer.forward(ctx, view(x), view(y));
   const matd dense = w.template cast<double>() + layer.scaling() *
@@ -104,15 +75,15 @@ TEST_P(dora_gradients, match_finite_differences_in_double) {
   const double p = GetParam();
   context<cpu> ctx(2);
   const index_t out = 8, in = 10, n = 5, r = 3;
-  matd w = values<double>(out, in, 1);
-  Eigen::VectorXd bias = values<double>(out, 1, 2);
-  matd x = values<double>(n, in, 3);
-  const matd g = values<double>(n, out, 4);
+  matd w = random_matrix<double>(out, in, 1);
+  Eigen::VectorXd bias = random_matrix<double>(out, 1, 2);
+  matd x = random_matrix<double>(n, in, 3);
+  const matd g = random_matrix<double>(n, out, 4);
   const vector_view<double, cpu> bias_view(bias.data(), out);
   lora_options o{.rank = r, .alpha = 6, .dropout = p, .train_bias = true, .seed = 5};
   dora<cpu, double> layer(ctx, view(w), bias_view, o);
-  as_eigen(layer.b()) = values<double>(out, r, 6);
-  as_eigen(layer.magnitude()).array() += values<double>(out, 1, 7).array() * 0.5;
+  as_eigen(layer.b()) = random_matrix<double>(out, r, 6);
+  as_eigen(layer.magnitude()).array() += random_matrix<double>(out, 1, 7).array() * 0.5;
   matd y(n, out);
   layer.forward(ctx, view(std::as_const(x)), view(y));
   const std::vector<double> n0 = layer.norms();
@@ -142,11 +113,11 @@ TEST_P(dora_gradients, match_finite_differences_in_double) {
   }
   const matd da = as_eigen(layer.grad_a()), db = as_eigen(layer.grad_b());
   const matd dm = as_eigen(layer.grad_magnitude()), dbias = as_eigen(layer.grad_bias());
-  EXPECT_LT(relative_error(da, central_differences(a, loss)), 1e-6);
-  EXPECT_LT(relative_error(db, central_differences(b, loss)), 1e-6);
-  EXPECT_LT(relative_error(dm, central_differences(m, loss)), 1e-6);
-  EXPECT_LT(relative_error(dx, central_differences(x, loss)), 1e-6);
-  EXPECT_LT(relative_error(dbias, central_differences(bias, loss)), 1e-6);
+  EXPECT_LT(relative_error(da, numeric_gradient(a, loss)), 1e-6);
+  EXPECT_LT(relative_error(db, numeric_gradient(b, loss)), 1e-6);
+  EXPECT_LT(relative_error(dm, numeric_gradient(m, loss)), 1e-6);
+  EXPECT_LT(relative_error(dx, numeric_gradient(x, loss)), 1e-6);
+  EXPECT_LT(relative_error(dbias, numeric_gradient(bias, loss)), 1e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(dropout, dora_gradients, ::testing::Values(0.0, 0.3));
@@ -154,11 +125,11 @@ INSTANTIATE_TEST_SUITE_P(dropout, dora_gradients, ::testing::Values(0.0, 0.3));
 TYPED_TEST(dora_typed, merge_unmerge_is_exact_and_merged_output_matches) {
   using T = TypeParam;
   context<cpu> ctx(2);
-  mat<T> w = values<T>(21, 17, 1);
+  mat<T> w = random_matrix<T>(21, 17, 1);
   const mat<T> original = w;
-  const mat<T> x = values<T>(6, 17, 2);
+  const mat<T> x = random_matrix<T>(6, 17, 2);
   dora<cpu, T> layer(ctx, view(w), {}, {.rank = 4, .alpha = 8});
-  as_eigen(layer.b()) = values<T>(21, 4, 3);
+  as_eigen(layer.b()) = random_matrix<T>(21, 4, 3);
   as_eigen(layer.magnitude()).array() *= T(1.5);
   layer.train(false);
   mat<T> before(6, 21), after(6, 21);
@@ -178,12 +149,12 @@ TYPED_TEST(dora_typed, merge_unmerge_is_exact_and_merged_output_matches) {
 // the output and every gradient finite (and that row's output zero + bias).
 TEST(dora, zero_row_stays_finite) {
   context<cpu> ctx(1);
-  mat<float> w = values<float>(6, 9, 1);
+  mat<float> w = random_matrix<float>(6, 9, 1);
   w.row(2).setZero();
-  const mat<float> x = values<float>(4, 9, 2);
-  const mat<float> g = values<float>(4, 6, 3);
+  const mat<float> x = random_matrix<float>(4, 9, 2);
+  const mat<float> g = random_matrix<float>(4, 6, 3);
   dora<cpu, float> layer(ctx, view(w), {}, {.rank = 2});
-  as_eigen(layer.b()) = values<float>(6, 2, 4);
+  as_eigen(layer.b()) = random_matrix<float>(6, 2, 4);
   as_eigen(layer.b()).row(2).setZero();
   as_eigen(layer.magnitude())(2, 0) = 0.5f;
   mat<float> y(4, 6), dx(4, 9);
@@ -198,7 +169,7 @@ TEST(dora, zero_row_stays_finite) {
 
 TEST(dora, bad_input_throws) {
   context<cpu> ctx(1);
-  mat<float> w = values<float>(6, 5, 1);
+  mat<float> w = random_matrix<float>(6, 5, 1);
   EXPECT_THROW((dora<cpu, float>(ctx, view(w), {}, {.rank = 0})), lowrank::invalid_argument);
   dora<cpu, float> layer(ctx, view(w), {}, {.rank = 2});
   mat<float> x(3, 4), y(3, 6), g(3, 6);

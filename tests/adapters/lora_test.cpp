@@ -15,6 +15,7 @@
 #include "lowrank/adapters/multi_lora.hpp"
 #include "lowrank/adapters/nola.hpp"
 #include "lowrank/backend/cpu/ops.hpp"
+#include "support/adapters.hpp"
 #include "support/backends.hpp"
 
 // GCC flags free() in a replaced operator delete when it inlines a new/delete
@@ -45,40 +46,6 @@ namespace lowrank::test {
 namespace {
 
 using matd = Eigen::MatrixXd;
-
-/// Values in [-1, 1] that are exact in float, from a fixed seed.
-template <class T>
-Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> random_matrix(index_t rows, index_t cols,
-                                                               unsigned seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<double> dist(-1, 1);
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> m(rows, cols);
-  for (index_t j = 0; j < cols; ++j) {
-    for (index_t i = 0; i < rows; ++i) m(i, j) = T(float(dist(gen)));
-  }
-  return m;
-}
-
-/// Central differences of L = <Y(theta), G> with respect to every entry of `p`.
-matd numeric_gradient(Eigen::Ref<matd> p, const std::function<double()>& loss, double h = 1e-6) {
-  matd g(p.rows(), p.cols());
-  for (index_t j = 0; j < p.cols(); ++j) {
-    for (index_t i = 0; i < p.rows(); ++i) {
-      const double keep = p(i, j);
-      p(i, j) = keep + h;
-      const double up = loss();
-      p(i, j) = keep - h;
-      const double down = loss();
-      p(i, j) = keep;
-      g(i, j) = (up - down) / (2 * h);
-    }
-  }
-  return g;
-}
-
-double relative_error(const matd& a, const matd& b) {
-  return (a - b).norm() / std::max(b.norm(), 1e-300);
-}
 
 struct lora_case {
   double dropout;

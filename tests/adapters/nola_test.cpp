@@ -14,6 +14,7 @@
 #include "lowrank/adapters/lora.hpp"
 #include "lowrank/adapters/nola.hpp"
 #include "lowrank/backend/cpu/ops.hpp"
+#include "support/adapters.hpp"
 #include "support/backends.hpp"
 
 namespace lowrank::test {
@@ -22,18 +23,6 @@ namespace {
 using matd = Eigen::MatrixXd;
 template <class T>
 using mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-
-/// Values in [-1, 1] that are exact in float, from a fixed seed.
-template <class T>
-mat<T> random_matrix(index_t rows, index_t cols, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<double> dist(-1, 1);
-  mat<T> m(rows, cols);
-  for (index_t j = 0; j < cols; ++j) {
-    for (index_t i = 0; i < rows; ++i) m(i, j) = T(float(dist(gen)));
-  }
-  return m;
-}
 
 /// Equal shapes and equal bits (so that -0 differs from +0).
 template <class A, class B>
@@ -44,27 +33,6 @@ bool same_bits(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
   const mat<T> y = b;
   return x.rows() == y.rows() && x.cols() == y.cols() &&
          std::memcmp(x.data(), y.data(), static_cast<std::size_t>(x.size()) * sizeof(T)) == 0;
-}
-
-/// Central differences of L = <Y(theta), G> with respect to every entry of `p`.
-matd numeric_gradient(Eigen::Ref<matd> p, const std::function<double()>& loss, double h = 1e-6) {
-  matd g(p.rows(), p.cols());
-  for (index_t j = 0; j < p.cols(); ++j) {
-    for (index_t i = 0; i < p.rows(); ++i) {
-      const double keep = p(i, j);
-      p(i, j) = keep + h;
-      const double up = loss();
-      p(i, j) = keep - h;
-      const double down = loss();
-      p(i, j) = keep;
-      g(i, j) = (up - down) / (2 * h);
-    }
-  }
-  return g;
-}
-
-double relative_error(const matd& a, const matd& b) {
-  return (a - b).norm() / std::max(b.norm(), 1e-300);
 }
 
 template <class T>

@@ -24,20 +24,14 @@
 #include <string_view>
 #include <vector>
 
+#include "io_test_support.hpp"
 #include "lowrank/io/npy.hpp"
 
 namespace {
 
-void require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "npy_fuzz: %s\n", what);
-    std::abort();
-  }
-}
+using io_test::starts_with;
 
-bool starts_with(const char* message, std::string_view prefix) {
-  return std::string_view(message).starts_with(prefix);
-}
+void require(bool ok, const char* what) { io_test::require("npy_fuzz", ok, what); }
 
 template <class T>
 void check_parse(std::span<const std::byte> bytes, const lowrank::io::npy_header* header) {
@@ -83,7 +77,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
 namespace {
 
-using buffer = std::vector<std::uint8_t>;
+using io_test::fuzz_buffer;
+using buffer = fuzz_buffer;
 
 // A valid file: preamble of `major`.0, the header, then `data_bytes` bytes of data.
 buffer make_seed(std::string_view header, std::size_t data_bytes, unsigned major = 1) {
@@ -241,37 +236,14 @@ void mutate(buffer& b, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::size_t iterations = 20000;
-  std::uint64_t seed = 1;
-  std::vector<buffer> seeds = builtin_seeds();
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg.starts_with("--iterations=")) {
-      iterations = std::strtoull(argv[i] + 13, nullptr, 10);
-    } else if (arg.starts_with("--seed=")) {
-      seed = std::strtoull(argv[i] + 7, nullptr, 10);
-    } else {
-      std::ifstream in(argv[i], std::ios::binary);
-      if (!in) {
-        std::fprintf(stderr, "npy_fuzz: cannot read seed file %s\n", argv[i]);
-        return 2;
-      }
-      seeds.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-  }
-
-  for (const buffer& s : seeds) LLVMFuzzerTestOneInput(s.data(), s.size());
-  std::mt19937_64 rng(seed);
-  buffer current;
-  for (std::size_t i = 0; i < iterations; ++i) {
-    // Restart from a seed often; otherwise stack mutations on the previous mutant.
-    if (i % 8 == 0) current = seeds[rng() % seeds.size()];
-    for (std::size_t n = 1 + rng() % 4; n > 0; --n) mutate(current, rng);
-    if (current.size() > 4096) current.resize(4096);
-    LLVMFuzzerTestOneInput(current.data(), current.size());
-  }
+  io_test::fuzz_options options;
+  options.seeds = builtin_seeds();
+  if (!io_test::parse_fuzz_arguments("npy_fuzz", argc, argv, options)) return 2;
+  io_test::run_fuzz_loop(
+      options, [](const buffer& b) { LLVMFuzzerTestOneInput(b.data(), b.size()); }, mutate,
+      [](buffer&, std::mt19937_64&) {});
   std::printf("npy_fuzz: %zu executions (%zu seeds + %zu mutants), no failure\n",
-              seeds.size() + iterations, seeds.size(), iterations);
+              options.seeds.size() + options.iterations, options.seeds.size(), options.iterations);
   return 0;
 }
 

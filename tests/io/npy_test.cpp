@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+#include "io_test_support.hpp"
+
 #ifndef LOWRANK_TEST_FIXTURE_DIR
 #error "LOWRANK_TEST_FIXTURE_DIR must name tests/io/fixtures (a string literal)"
 #endif
@@ -26,6 +28,12 @@
 namespace {
 
 namespace fs = std::filesystem;
+using io_test::directory_entries;
+using io_test::error_message;
+using io_test::read_bytes;
+using io_test::same_matrix;
+using io_test::to_bytes;
+using io_test::write_bytes;
 using lowrank::io::npy_dtype;
 using lowrank::io::npy_header;
 using lowrank::io::parse_npy;
@@ -57,19 +65,6 @@ void expect_grid(const matrix<T>& a, Eigen::Index rows, Eigen::Index cols) {
   }
 }
 
-std::vector<std::byte> to_bytes(std::string_view text) {
-  std::vector<std::byte> out(text.size());
-  std::memcpy(out.data(), text.data(), text.size());
-  return out;
-}
-
-template <class T>
-std::vector<std::byte> to_bytes(const std::vector<T>& values) {
-  std::vector<std::byte> out(values.size() * sizeof(T));
-  std::memcpy(out.data(), values.data(), out.size());
-  return out;
-}
-
 // A .npy file in memory: the preamble for `major`.0 with the true length of `header`
 // (used as given, unpadded), then `data`.
 std::vector<std::byte> make_npy(std::string_view header, std::span<const std::byte> data,
@@ -92,63 +87,10 @@ std::vector<std::byte> make_npy(std::string_view header, std::size_t data_bytes,
   return make_npy(header, std::vector<std::byte>(data_bytes, std::byte{0}), major);
 }
 
-std::vector<std::byte> read_bytes(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return to_bytes(std::string_view(chars.data(), chars.size()));
-}
-
-void write_bytes(const fs::path& file, std::span<const std::byte> bytes) {
-  std::ofstream out(file, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << file;
-}
-
-// Eigen's == asserts equal sizes; compare the sizes first so a failure is reported, not fatal.
-template <class A, class B>
-::testing::AssertionResult same_matrix(const A& a, const B& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) {
-    return ::testing::AssertionFailure()
-           << a.rows() << " x " << a.cols() << " vs " << b.rows() << " x " << b.cols();
-  }
-  if (a == b) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\n" << a << "\nvs\n" << b;
-}
-
-// The message of the lowrank::invalid_argument that f throws.
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const lowrank::invalid_argument& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no lowrank::invalid_argument was thrown";
-  return {};
-}
-
-std::vector<fs::path> directory_entries(const fs::path& directory) {
-  std::vector<fs::path> out;
-  for (const auto& entry : fs::directory_iterator(directory)) out.push_back(entry.path());
-  return out;
-}
-
 // A fresh directory per test, removed afterwards.
-class npy_file_test : public ::testing::Test {
+class npy_file_test : public io_test::scratch_directory_test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::random_device device;
-    dir_ = fs::temp_directory_path() /
-           ("lowrank_npy_" + std::string(info->name()) + "_" + std::to_string(device()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  fs::path dir_;
+  npy_file_test() : scratch_directory_test("lowrank_npy_") {}
 };
 
 template <class T>

@@ -26,20 +26,14 @@
 #include <string_view>
 #include <vector>
 
+#include "io_test_support.hpp"
 #include "lowrank/io/safetensors.hpp"
 
 namespace {
 
-void require(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "safetensors_fuzz: %s\n", what);
-    std::abort();
-  }
-}
+using io_test::starts_with;
 
-bool starts_with(const char* message, std::string_view prefix) {
-  return std::string_view(message).starts_with(prefix);
-}
+void require(bool ok, const char* what) { io_test::require("safetensors_fuzz", ok, what); }
 
 // Equal, or NaNs of the same sign.
 bool same_value(float a, float b) {
@@ -127,7 +121,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
 namespace {
 
-using buffer = std::vector<std::uint8_t>;
+using io_test::fuzz_buffer;
+using buffer = fuzz_buffer;
 
 // A file: the length of `header`, the header, then `data_bytes` bytes of data.
 buffer make_seed(std::string_view header, std::size_t data_bytes) {
@@ -347,48 +342,30 @@ void mutate(buffer& b, std::mt19937_64& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::size_t iterations = 20000;
-  std::uint64_t seed = 1;
-  std::vector<buffer> seeds = builtin_seeds();
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg.starts_with("--iterations=")) {
-      iterations = std::strtoull(argv[i] + 13, nullptr, 10);
-    } else if (arg.starts_with("--seed=")) {
-      seed = std::strtoull(argv[i] + 7, nullptr, 10);
-    } else {
-      std::ifstream in(argv[i], std::ios::binary);
-      if (!in) {
-        std::fprintf(stderr, "safetensors_fuzz: cannot read seed file %s\n", argv[i]);
-        return 2;
-      }
-      seeds.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-  }
-
-  for (const buffer& s : seeds) LLVMFuzzerTestOneInput(s.data(), s.size());
-  std::mt19937_64 rng(seed);
-  buffer current;
+  io_test::fuzz_options options;
+  options.seeds = builtin_seeds();
+  if (!io_test::parse_fuzz_arguments("safetensors_fuzz", argc, argv, options)) return 2;
+  // The seeds run first and are not counted; then every mutant is counted when it parses.
+  std::size_t runs = 0;
   std::size_t parsed = 0;
-  for (std::size_t i = 0; i < iterations; ++i) {
-    // Restart from a seed often; otherwise stack mutations on the previous mutant.
-    if (i % 8 == 0) current = seeds[rng() % seeds.size()];
-    for (std::size_t n = 1 + rng() % 4; n > 0; --n) mutate(current, rng);
-    if (rng() % 2 == 0) fit_data(current);
-    if (current.size() > 4096) current.resize(4096);
-    LLVMFuzzerTestOneInput(current.data(), current.size());
+  const auto run = [&](const buffer& b) {
+    LLVMFuzzerTestOneInput(b.data(), b.size());
+    if (runs++ < options.seeds.size()) return;
     try {
-      static_cast<void>(lowrank::io::safetensors_file::parse(std::vector<std::byte>(
-          reinterpret_cast<const std::byte*>(current.data()),
-          reinterpret_cast<const std::byte*>(current.data()) + current.size())));
+      static_cast<void>(lowrank::io::safetensors_file::parse(
+          std::vector<std::byte>(reinterpret_cast<const std::byte*>(b.data()),
+                                 reinterpret_cast<const std::byte*>(b.data()) + b.size())));
       ++parsed;
     } catch (const lowrank::invalid_argument&) {
     }
-  }
+  };
+  io_test::run_fuzz_loop(options, run, mutate, [](buffer& b, std::mt19937_64& rng) {
+    if (rng() % 2 == 0) fit_data(b);
+  });
   std::printf(
       "safetensors_fuzz: %zu executions (%zu seeds + %zu mutants, %zu mutants valid), no "
       "failure\n",
-      seeds.size() + iterations, seeds.size(), iterations, parsed);
+      options.seeds.size() + options.iterations, options.seeds.size(), options.iterations, parsed);
   return 0;
 }
 

@@ -24,6 +24,8 @@
 #include <string_view>
 #include <vector>
 
+#include "io_test_support.hpp"
+
 #ifndef LOWRANK_TEST_FIXTURE_DIR
 #error "LOWRANK_TEST_FIXTURE_DIR must name tests/io/fixtures (a string literal)"
 #endif
@@ -31,6 +33,12 @@
 namespace {
 
 namespace fs = std::filesystem;
+using io_test::directory_entries;
+using io_test::error_message;
+using io_test::read_bytes;
+using io_test::same_matrix;
+using io_test::to_bytes;
+using io_test::write_bytes;
 using lowrank::io::dtype;
 using lowrank::io::safetensors_file;
 using lowrank::io::tensor_info;
@@ -71,19 +79,6 @@ void expect_values(const matrix<T>& a, Eigen::Index rows, Eigen::Index cols, F v
   }
 }
 
-std::vector<std::byte> to_bytes(std::string_view text) {
-  std::vector<std::byte> out(text.size());
-  std::memcpy(out.data(), text.data(), text.size());
-  return out;
-}
-
-template <class T>
-std::vector<std::byte> to_bytes(const std::vector<T>& values) {
-  std::vector<std::byte> out(values.size() * sizeof(T));
-  std::memcpy(out.data(), values.data(), out.size());
-  return out;
-}
-
 // A safetensors file in memory: the little-endian length of `header` (used as given,
 // unpadded), the header, then `data`.
 std::vector<std::byte> make_file(std::string_view header, std::span<const std::byte> data) {
@@ -108,19 +103,6 @@ std::string entry(std::string_view name, std::string_view type, std::string_view
          ",\"shape\":" + std::string(shape) + ",\"data_offsets\":" + std::string(offsets) + "}";
 }
 
-std::vector<std::byte> read_bytes(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return to_bytes(std::string_view(chars.data(), chars.size()));
-}
-
-void write_bytes(const fs::path& file, std::span<const std::byte> bytes) {
-  std::ofstream out(file, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << file;
-}
-
 // The header of a file as text (the bytes after the length).
 std::string header_text(std::span<const std::byte> bytes) {
   std::uint64_t length = 0;
@@ -135,17 +117,6 @@ std::vector<T> values_of(std::span<const std::byte> bytes) {
   return out;
 }
 
-// Eigen's == asserts equal sizes; compare the sizes first so a failure is reported, not fatal.
-template <class A, class B>
-::testing::AssertionResult same_matrix(const A& a, const B& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) {
-    return ::testing::AssertionFailure()
-           << a.rows() << " x " << a.cols() << " vs " << b.rows() << " x " << b.cols();
-  }
-  if (a == b) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\n" << a << "\nvs\n" << b;
-}
-
 // Equal values, or NaNs of the same sign.
 template <class T>
 bool same_value(T a, T b) {
@@ -155,43 +126,10 @@ bool same_value(T a, T b) {
   return a == b && std::signbit(a) == std::signbit(b);
 }
 
-// The message of the lowrank::invalid_argument that f throws.
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const lowrank::invalid_argument& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no lowrank::invalid_argument was thrown";
-  return {};
-}
-
-std::vector<fs::path> directory_entries(const fs::path& directory) {
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(directory)) out.push_back(e.path());
-  return out;
-}
-
 // A fresh directory per test, removed afterwards.
-class safetensors_file_test : public ::testing::Test {
+class safetensors_file_test : public io_test::scratch_directory_test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::random_device device;
-    std::string name = info->name();
-    for (char& c : name) {
-      if (c == '/') c = '_';
-    }
-    dir_ = fs::temp_directory_path() /
-           ("lowrank_safetensors_" + name + "_" + std::to_string(device()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  fs::path dir_;
+  safetensors_file_test() : scratch_directory_test("lowrank_safetensors_") {}
 };
 
 template <class T>

@@ -152,15 +152,11 @@ class dora {
   /// @throws lowrank::invalid_argument for wrong shapes.
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y) {
     const char* fn = "lowrank::dora::forward";
-    if (x.cols() != in_features()) {
-      detail::throw_invalid_argument(fn, "x.cols()", x.cols(),
-                                     "in = " + std::to_string(in_features()));
-    }
-    detail::require_shape(fn, "y", y, x.rows(), out_features());
+    detail::check_forward_shapes(fn, x, y, in_features(), out_features());
     pending_ = false;
     const auto w = as_const(weight());
     const auto bias_v = bias();
-    if (merged_) {
+    if (merged()) {
       ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(1), x, w, T(0), y);
       if (!bias_v.empty()) ops<Backend>::add_row_vector(ctx, T(1), as_const(bias_v), y);
       return;
@@ -212,16 +208,8 @@ class dora {
   void backward(context<Backend>& ctx, matrix_view<const T, Backend> dy,
                 matrix_view<T, Backend> dx) {
     const char* fn = "lowrank::dora::backward";
-    if (merged_) {
-      detail::throw_invalid_argument(fn, "this", "a merged adapter",
-                                     "an unmerged adapter (call unmerge() first)");
-    }
-    if (!pending_) {
-      detail::throw_invalid_argument(fn, "this", "an adapter without a pending forward",
-                                     "forward() before each backward()");
-    }
-    detail::require_shape(fn, "dy", dy, saved_rows_, out_features());
-    if (!dx.empty()) detail::require_shape(fn, "dx", dx, saved_rows_, in_features());
+    detail::check_backward_state(fn, merged(), pending_, saved_rows_, dy, dx, in_features(),
+                                 out_features());
     const index_t n = saved_rows_;
     const auto s = static_cast<T>(scaling());
     const auto w = as_const(weight());
@@ -283,21 +271,15 @@ class dora {
   /// Restores W bit for bit.
   /// @throws lowrank::invalid_argument when not merged.
   void unmerge(context<Backend>& ctx) {
-    if (!merged_) {
-      detail::throw_invalid_argument("lowrank::dora::unmerge", "this", "an unmerged adapter",
-                                     "a merged adapter");
-    }
-    ops<Backend>::unmerge_low_rank(ctx, scaling(), as_const(merged_b_.view()),
-                                   as_const(merged_a_.view()), cvec(merged_c_), weight(), restore_);
-    restore_ = {};
+    merge_.unmerge(ctx, "lowrank::dora::unmerge", scaling(), merged_b_.view(), merged_a_.view(),
+                   cvec(merged_c_), weight());
     merged_a_ = matrix<T, Backend>();
     merged_b_ = matrix<T, Backend>();
     merged_c_ = matrix<double, Backend>();
-    merged_ = false;
   }
 
-  [[nodiscard]] bool merged() const noexcept { return merged_; }
-  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return restore_.size(); }
+  [[nodiscard]] bool merged() const noexcept { return merge_.active(); }
+  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return merge_.exceptions(); }
 
  private:
   template <class U>
@@ -350,38 +332,20 @@ class dora {
   }
 
   void merge_impl(context<Backend>& ctx, bool safe, const char* fn) {
-    if (merged_) {
-      detail::throw_invalid_argument(fn, "this", "a merged adapter", "an unmerged adapter");
-    }
+    merge_.require_inactive(fn);
     compute_norms(ctx);
     upload_scale(ctx);  // host_ = m / n in double
     matrix<double, Backend> c(ctx, out_features(), 1);
     ops<Backend>::upload(ctx, matrix_view<const double, cpu>(host_.data(), out_features(), 1),
                          c.view());
-    const auto a = as_const(lora_.a());
-    const auto b = as_const(lora_.b());
-    const double s = scaling();
-    if (safe) {
-      const index_t bad =
-          ops<Backend>::merge_low_rank(ctx, s, b, a, cvec(c), weight(), true, nullptr);
-      if (bad >= 0) {
-        detail::throw_numerical_error(fn, "m / n (W + s B A)",
-                                      "non-finite at (" + std::to_string(bad % out_features()) +
-                                          ", " + std::to_string(bad / out_features()) + ")",
-                                      "a finite merged weight (W is unchanged)");
-      }
-    }
     matrix<T, Backend> keep_a(ctx, rank(), in_features());
     matrix<T, Backend> keep_b(ctx, out_features(), rank());
-    ops<Backend>::copy(ctx, a, keep_a.view());
-    ops<Backend>::copy(ctx, b, keep_b.view());
-    std::vector<merge_exception<T>> restore;
-    ops<Backend>::merge_low_rank(ctx, s, b, a, cvec(c), weight(), false, &restore);
+    ops<Backend>::copy(ctx, as_const(lora_.a()), keep_a.view());
+    ops<Backend>::copy(ctx, as_const(lora_.b()), keep_b.view());
+    merge_.merge(ctx, fn, scaling(), keep_b.view(), keep_a.view(), cvec(c), weight(), safe);
     merged_a_ = std::move(keep_a);
     merged_b_ = std::move(keep_b);
     merged_c_ = std::move(c);
-    restore_ = std::move(restore);
-    merged_ = true;
   }
 
   lora<Backend, T> lora_;
@@ -398,11 +362,10 @@ class dora {
   random_stream dropout_stream_{};
   matrix_view<const T, Backend> saved_input_;
   detail::batch_workspace<T, Backend> z_, gp_, h_, gb_, dropped_, rest_;
-  // The merge.
-  bool merged_ = false;
+  // The merge: A, B and c = m / n as merged, and the record of the exact unmerge.
+  detail::weight_merge<T, Backend> merge_;
   matrix<T, Backend> merged_a_, merged_b_;
   matrix<double, Backend> merged_c_;
-  std::vector<merge_exception<T>> restore_;
 };
 
 }  // namespace lowrank

@@ -24,9 +24,12 @@
 ///   `lora::from_low_rank` (U S V^T -> B = U sqrt(S / s), A = sqrt(S / s) V^T, so
 ///   that s B A = U S V^T; W unchanged).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
@@ -115,6 +118,33 @@ void require_shape(const char* fn, const char* argument, const View& x, index_t 
   }
 }
 
+/// The shape checks of an adapter's forward: X is N x in, Y is N x out.
+template <class T, class Backend>
+void check_forward_shapes(const char* fn, matrix_view<const T, Backend> x,
+                          matrix_view<T, Backend> y, index_t in, index_t out) {
+  if (x.cols() != in)
+    throw_invalid_argument(fn, "x.cols()", x.cols(), "in = " + std::to_string(in));
+  require_shape(fn, "y", y, x.rows(), out);
+}
+
+/// The state and shape checks of an adapter's backward: unmerged, a pending
+/// forward of `rows` rows, G (rows x out) and dX (rows x in, or empty).
+template <class T, class Backend>
+void check_backward_state(const char* fn, bool merged, bool pending, index_t rows,
+                          matrix_view<const T, Backend> dy, matrix_view<T, Backend> dx, index_t in,
+                          index_t out) {
+  if (merged) {
+    throw_invalid_argument(fn, "this", "a merged adapter",
+                           "an unmerged adapter (call unmerge() first)");
+  }
+  if (!pending) {
+    throw_invalid_argument(fn, "this", "an adapter without a pending forward",
+                           "forward() before each backward()");
+  }
+  require_shape(fn, "dy", dy, rows, out);
+  if (!dx.empty()) require_shape(fn, "dx", dx, rows, in);
+}
+
 /// A matrix of `cols` columns whose row count grows to the largest batch
 /// seen: after the first call with a given N, no allocation.
 template <class T, class Backend>
@@ -133,6 +163,68 @@ class batch_workspace {
 
  private:
   matrix<T, Backend> storage_;
+};
+
+/// The merged state of an adapter's weight: W' = fl(c (.)_rows (W + s B A)) in
+/// extended precision (ops::merge_low_rank) and the record that makes the
+/// unmerge exact. The caller keeps the factors (and the row scale c) it
+/// merged with and passes the same ones to unmerge().
+template <class T, class Backend>
+class weight_merge {
+ public:
+  [[nodiscard]] bool active() const noexcept { return active_; }
+  /// How many weight elements the record keeps.
+  [[nodiscard]] std::size_t exceptions() const noexcept { return record_.size(); }
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    return record_.size() * sizeof(merge_exception<T>);
+  }
+
+  /// W = fl(c (.)_rows (W + s B A)); with `safe`, first checks every merged
+  /// value and throws numerical_error (W untouched) if one is not finite.
+  /// @throws lowrank::invalid_argument when already merged.
+  void merge(context<Backend>& ctx, const char* fn, double s, matrix_view<const T, Backend> b,
+             matrix_view<const T, Backend> a, vector_view<const double, Backend> c,
+             matrix_view<T, Backend> w, bool safe) {
+    require_inactive(fn);
+    if (safe) {
+      const index_t bad = ops<Backend>::merge_low_rank(ctx, s, b, a, c, w, true, nullptr);
+      if (bad >= 0) {
+        const index_t rows = std::max<index_t>(w.rows(), 1);
+        throw_numerical_error(fn, "the merged weight",
+                              "non-finite at (" + std::to_string(bad % rows) + ", " +
+                                  std::to_string(bad / rows) + ")",
+                              "finite values (W is unchanged)");
+      }
+    }
+    std::vector<merge_exception<T>> record;
+    ops<Backend>::merge_low_rank(ctx, s, b, a, c, w, false, &record);
+    record_ = std::move(record);
+    active_ = true;
+  }
+
+  /// Restores the W of merge() bit for bit, given the same s, B, A and c.
+  /// @throws lowrank::invalid_argument when not merged.
+  void unmerge(context<Backend>& ctx, const char* fn, double s, matrix_view<const T, Backend> b,
+               matrix_view<const T, Backend> a, vector_view<const double, Backend> c,
+               matrix_view<T, Backend> w) {
+    require_active(fn);
+    ops<Backend>::unmerge_low_rank(ctx, s, b, a, c, w, record_);
+    record_ = {};
+    active_ = false;
+  }
+
+  /// @throws lowrank::invalid_argument when merged.
+  void require_inactive(const char* fn) const {
+    if (active_) throw_invalid_argument(fn, "this", "a merged adapter", "an unmerged adapter");
+  }
+  /// @throws lowrank::invalid_argument when not merged.
+  void require_active(const char* fn) const {
+    if (!active_) throw_invalid_argument(fn, "this", "an unmerged adapter", "a merged adapter");
+  }
+
+ private:
+  bool active_ = false;
+  std::vector<merge_exception<T>> record_;
 };
 
 /// A = U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt(5)) or

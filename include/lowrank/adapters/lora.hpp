@@ -206,7 +206,7 @@ class lora {
     if (!bias_.empty())
       ops<Backend>::add_row_vector(ctx, T(1), vector_view<const T, Backend>(bias_), y);
     pending_ = false;
-    if (merged_) return;
+    if (merged()) return;
     const index_t n = x.rows();
     dropout_on_ = training_ && options_.dropout > 0;
     matrix_view<const T, Backend> xa = x;
@@ -276,21 +276,15 @@ class lora {
   /// Restores W exactly as it was before merge().
   /// @throws lowrank::invalid_argument when not merged.
   void unmerge(context<Backend>& ctx) {
-    if (!merged_) {
-      detail::throw_invalid_argument("lowrank::lora::unmerge", "this", "an unmerged adapter",
-                                     "a merged adapter");
-    }
-    ops<Backend>::unmerge_low_rank(ctx, scaling_, merged_b_.view(), merged_a_.view(),
-                                   vector_view<const double, Backend>(), weight_, restore_);
-    restore_ = {};
+    merge_.unmerge(ctx, "lowrank::lora::unmerge", scaling_, merged_b_.view(), merged_a_.view(), {},
+                   weight_);
     merged_a_ = matrix<T, Backend>();
     merged_b_ = matrix<T, Backend>();
-    merged_ = false;
   }
 
-  [[nodiscard]] bool merged() const noexcept { return merged_; }
+  [[nodiscard]] bool merged() const noexcept { return merge_.active(); }
   /// How many weight elements the current merge keeps to make unmerge exact.
-  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return restore_.size(); }
+  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return merge_.exceptions(); }
 
  private:
   lora(context<Backend>& ctx, matrix_view<T, Backend> weight, vector_view<T, Backend> bias,
@@ -330,25 +324,13 @@ class lora {
 
   void check_batch(const char* fn, matrix_view<const T, Backend> x,
                    matrix_view<T, Backend> y) const {
-    if (x.cols() != in_features()) {
-      detail::throw_invalid_argument(fn, "x.cols()", x.cols(),
-                                     "in = " + std::to_string(in_features()));
-    }
-    detail::require_shape(fn, "y", y, x.rows(), out_features());
+    detail::check_forward_shapes(fn, x, y, in_features(), out_features());
   }
 
   void check_backward(const char* fn, matrix_view<const T, Backend> dy,
                       matrix_view<T, Backend> dx) const {
-    if (merged_) {
-      detail::throw_invalid_argument(fn, "this", "a merged adapter",
-                                     "an unmerged adapter (call unmerge() first)");
-    }
-    if (!pending_) {
-      detail::throw_invalid_argument(fn, "this", "an adapter without a pending forward",
-                                     "forward() before each backward()");
-    }
-    detail::require_shape(fn, "dy", dy, saved_x_.rows(), out_features());
-    if (!dx.empty()) detail::require_shape(fn, "dx", dx, saved_x_.rows(), in_features());
+    detail::check_backward_state(fn, merged(), pending_, saved_x_.rows(), dy, dx, in_features(),
+                                 out_features());
   }
 
   /// PiSSA: the rank-r SVD of W, A and B from it, W = W - s B A.
@@ -393,30 +375,14 @@ class lora {
   }
 
   void merge_impl(context<Backend>& ctx, bool safe, const char* fn) {
-    if (merged_) {
-      detail::throw_invalid_argument(fn, "this", "a merged adapter", "an unmerged adapter");
-    }
-    const vector_view<const double, Backend> none;
-    if (safe) {
-      const index_t bad =
-          ops<Backend>::merge_low_rank(ctx, scaling_, b(), a(), none, weight_, true, nullptr);
-      if (bad >= 0) {
-        detail::throw_numerical_error(fn, "weight + s B A",
-                                      "non-finite at (" + std::to_string(bad % out_features()) +
-                                          ", " + std::to_string(bad / out_features()) + ")",
-                                      "a finite merged weight (W is unchanged)");
-      }
-    }
+    merge_.require_inactive(fn);
     matrix<T, Backend> keep_a(ctx, rank(), in_features());
     matrix<T, Backend> keep_b(ctx, out_features(), rank());
     ops<Backend>::copy(ctx, a(), keep_a.view());
     ops<Backend>::copy(ctx, b(), keep_b.view());
-    std::vector<merge_exception<T>> restore;
-    ops<Backend>::merge_low_rank(ctx, scaling_, b(), a(), none, weight_, false, &restore);
+    merge_.merge(ctx, fn, scaling_, keep_b.view(), keep_a.view(), {}, weight_, safe);
     merged_a_ = std::move(keep_a);
     merged_b_ = std::move(keep_b);
-    restore_ = std::move(restore);
-    merged_ = true;
   }
 
   lora_options options_;
@@ -433,10 +399,9 @@ class lora {
   bool dropout_on_ = false;
   random_stream dropout_stream_{};
   detail::batch_workspace<T, Backend> h_, gb_, dropped_;
-  // The merge.
-  bool merged_ = false;
+  // The merge: A and B as merged, and the record of the exact unmerge.
+  detail::weight_merge<T, Backend> merge_;
   matrix<T, Backend> merged_a_, merged_b_;
-  std::vector<merge_exception<T>> restore_;
 };
 
 }  // namespace lowrank

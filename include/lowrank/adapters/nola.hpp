@@ -262,7 +262,7 @@ class nola {
       ops<Backend>::add_row_vector(ctx, T(1), vector_view<const T, Backend>(bias_), y);
     }
     pending_ = false;
-    if (merged_) return;
+    if (merged()) return;
     if (a_.size() == 0) a_ = matrix<T, Backend>(ctx, rank(), in_features());
     if (b_.size() == 0) b_ = matrix<T, Backend>(ctx, out_features(), rank());
     compose_a(ctx, alpha_.view(), a_.view());
@@ -346,25 +346,20 @@ class nola {
   /// with the coefficients of the merge.
   /// @throws lowrank::invalid_argument when not merged.
   void unmerge(context<Backend>& ctx) {
-    if (!merged_) {
-      detail::throw_invalid_argument("lowrank::nola::unmerge", "this", "an unmerged adapter",
-                                     "a merged adapter");
-    }
+    const char* fn = "lowrank::nola::unmerge";
+    merge_.require_active(fn);
     matrix<T, Backend> a(ctx, rank(), in_features());
     matrix<T, Backend> b(ctx, out_features(), rank());
     compose_a(ctx, merged_alpha_.view(), a.view());
     compose_b(ctx, merged_beta_.view(), b.view());
-    ops<Backend>::unmerge_low_rank(ctx, scaling_, b.view(), a.view(),
-                                   vector_view<const double, Backend>(), weight_, restore_);
-    restore_ = {};
+    merge_.unmerge(ctx, fn, scaling_, b.view(), a.view(), {}, weight_);
     merged_alpha_ = matrix<T, Backend>();
     merged_beta_ = matrix<T, Backend>();
-    merged_ = false;
   }
 
-  [[nodiscard]] bool merged() const noexcept { return merged_; }
+  [[nodiscard]] bool merged() const noexcept { return merge_.active(); }
   /// How many weight elements the current merge keeps to make unmerge exact.
-  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return restore_.size(); }
+  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return merge_.exceptions(); }
 
   // --- Memory ------------------------------------------------------------------
 
@@ -391,7 +386,7 @@ class nola {
     const auto scalars =
         static_cast<std::size_t>(alpha_.size() + beta_.size() + grad_alpha_.size() +
                                  grad_beta_.size() + merged_alpha_.size() + merged_beta_.size());
-    return scalars * sizeof(T) + restore_.size() * sizeof(merge_exception<T>);
+    return scalars * sizeof(T) + merge_.bytes();
   }
 
   /// The bytes of the workspaces now allocated (see the file comment).
@@ -498,31 +493,17 @@ class nola {
 
   void check_batch(const char* fn, matrix_view<const T, Backend> x,
                    matrix_view<T, Backend> y) const {
-    if (x.cols() != in_features()) {
-      detail::throw_invalid_argument(fn, "x.cols()", x.cols(),
-                                     "in = " + std::to_string(in_features()));
-    }
-    detail::require_shape(fn, "y", y, x.rows(), out_features());
+    detail::check_forward_shapes(fn, x, y, in_features(), out_features());
   }
 
   void check_backward(const char* fn, matrix_view<const T, Backend> dy,
                       matrix_view<T, Backend> dx) const {
-    if (merged_) {
-      detail::throw_invalid_argument(fn, "this", "a merged adapter",
-                                     "an unmerged adapter (call unmerge() first)");
-    }
-    if (!pending_) {
-      detail::throw_invalid_argument(fn, "this", "an adapter without a pending forward",
-                                     "forward() before each backward()");
-    }
-    detail::require_shape(fn, "dy", dy, saved_x_.rows(), out_features());
-    if (!dx.empty()) detail::require_shape(fn, "dx", dx, saved_x_.rows(), in_features());
+    detail::check_backward_state(fn, merged(), pending_, saved_x_.rows(), dy, dx, in_features(),
+                                 out_features());
   }
 
   void merge_impl(context<Backend>& ctx, bool safe, const char* fn) {
-    if (merged_) {
-      detail::throw_invalid_argument(fn, "this", "a merged adapter", "an unmerged adapter");
-    }
+    merge_.require_inactive(fn);
     // Fresh A and B: the forward's (in a_, b_) may still serve a pending backward.
     matrix<T, Backend> keep_alpha(ctx, num_bases_a(), 1);
     matrix<T, Backend> keep_beta(ctx, num_bases_b(), 1);
@@ -532,23 +513,9 @@ class nola {
     matrix<T, Backend> b(ctx, out_features(), rank());
     compose_a(ctx, keep_alpha.view(), a.view());
     compose_b(ctx, keep_beta.view(), b.view());
-    const vector_view<const double, Backend> none;
-    if (safe) {
-      const index_t bad = ops<Backend>::merge_low_rank(ctx, scaling_, b.view(), a.view(), none,
-                                                       weight_, true, nullptr);
-      if (bad >= 0) {
-        detail::throw_numerical_error(fn, "weight + s B A",
-                                      "non-finite at (" + std::to_string(bad % out_features()) +
-                                          ", " + std::to_string(bad / out_features()) + ")",
-                                      "a finite merged weight (W is unchanged)");
-      }
-    }
-    std::vector<merge_exception<T>> restore;
-    ops<Backend>::merge_low_rank(ctx, scaling_, b.view(), a.view(), none, weight_, false, &restore);
+    merge_.merge(ctx, fn, scaling_, b.view(), a.view(), {}, weight_, safe);
     merged_alpha_ = std::move(keep_alpha);
     merged_beta_ = std::move(keep_beta);
-    restore_ = std::move(restore);
-    merged_ = true;
   }
 
   nola_options options_;
@@ -568,10 +535,9 @@ class nola {
   bool pending_ = false;
   bool dropout_on_ = false;
   random_stream dropout_stream_{};
-  // The merge.
-  bool merged_ = false;
+  // The merge: the coefficients as merged, and the record of the exact unmerge.
+  detail::weight_merge<T, Backend> merge_;
   matrix<T, Backend> merged_alpha_, merged_beta_;
-  std::vector<merge_exception<T>> restore_;
 };
 
 }  // namespace lowrank

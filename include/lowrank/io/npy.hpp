@@ -33,24 +33,20 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <functional>
 #include <limits>
 #include <span>
 #include <string>
 #include <string_view>
-#include <system_error>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "lowrank/core/error.hpp"
+#include "lowrank/io/detail/files.hpp"
 
 namespace lowrank::io {
 
@@ -72,57 +68,6 @@ namespace detail {
 // value outside float's range convert to +-inf instead of being undefined.
 static_assert(std::numeric_limits<float>::is_iec559 && sizeof(float) == 4);
 static_assert(std::numeric_limits<double>::is_iec559 && sizeof(double) == 8);
-
-/// Who is parsing, so that every error names the public function, its argument and the
-/// argument's value (the quoted file name, or the size of the caller's buffer).
-struct npy_source {
-  std::string_view function;
-  std::string_view argument;
-  std::string subject;
-};
-
-[[noreturn]] inline void npy_fail(const npy_source& source, std::string_view found,
-                                  std::string_view expected) {
-  // `found` continues the value: "with dtype '<i4'" or ", which does not exist".
-  std::string value = source.subject;
-  if (!found.starts_with(',')) value += ' ';
-  value += found;
-  lowrank::detail::throw_invalid_argument(source.function, source.argument, value, expected);
-}
-
-inline std::string npy_quote_path(const std::filesystem::path& file) {
-  return '"' + file.string() + '"';
-}
-
-inline std::string npy_buffer_subject(std::size_t size) {
-  return "a buffer of " + std::to_string(size) + " bytes";
-}
-
-inline void npy_append_hex(std::string& out, unsigned char c) {
-  constexpr std::string_view digits = "0123456789abcdef";
-  out += digits[c >> 4];
-  out += digits[c & 0xf];
-}
-
-/// Header text as it can be shown in a message: escapes control and non-ASCII bytes, since
-/// the text comes from an arbitrary file.
-inline std::string npy_printable(std::string_view text) {
-  std::string out;
-  for (const char ch : text) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\\') {
-      out += "\\\\";
-    } else if (c >= 0x20 && c < 0x7f) {
-      out += ch;
-    } else {
-      out += "\\x";
-      npy_append_hex(out, c);
-    }
-  }
-  return out;
-}
 
 inline std::string npy_shape_string(std::span<const std::ptrdiff_t> shape) {
   // Python's tuple repr, so the message shows what the header says.
@@ -160,7 +105,7 @@ struct npy_dict {
 /// of string keys to a string, True/False or a tuple of integers.
 class npy_dict_parser {
  public:
-  npy_dict_parser(std::string_view text, const npy_source& source)
+  npy_dict_parser(std::string_view text, const error_source& source)
       : text_(text), source_(&source) {}
 
   [[nodiscard]] npy_dict parse() {
@@ -190,8 +135,8 @@ class npy_dict_parser {
         check_unique(have_shape, key);
         dict.shape = parse_shape();
       } else {
-        npy_fail(*source_, "with the header key '" + npy_printable(key) + "'",
-                 "only the keys 'descr', 'fortran_order' and 'shape'");
+        fail_with(*source_, "with the header key '" + printable(key) + "'",
+                  "only the keys 'descr', 'fortran_order' and 'shape'");
       }
       skip_space();
       if (accept(',')) continue;
@@ -241,25 +186,25 @@ class npy_dict_parser {
     const std::size_t start = pos_ > before ? pos_ - before : 0;
     std::string found = "with the header \"";
     if (start > 0) found += "...";
-    found += npy_printable(text_.substr(start, width));
+    found += printable(text_.substr(start, width));
     if (start + width < text_.size()) found += "...";
     found += "\", which is not a valid header dict at character " + std::to_string(pos_);
     found += at_end() ? std::string(" (the end of the header)")
-                      : " ('" + npy_printable(text_.substr(pos_, 1)) + "')";
-    npy_fail(*source_, found,
-             std::string(expected) + " in a header dict like " +
-                 "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }");
+                      : " ('" + printable(text_.substr(pos_, 1)) + "')";
+    fail_with(*source_, found,
+              std::string(expected) + " in a header dict like " +
+                  "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }");
   }
 
   [[noreturn]] void fail_missing(std::string_view key) const {
-    npy_fail(*source_, "with a header dict without the key '" + std::string(key) + "'",
-             "the keys 'descr', 'fortran_order' and 'shape'");
+    fail_with(*source_, "with a header dict without the key '" + std::string(key) + "'",
+              "the keys 'descr', 'fortran_order' and 'shape'");
   }
 
   void check_unique(bool& seen, const std::string& key) const {
     if (seen) {
-      npy_fail(*source_, "with the key '" + key + "' twice in the header dict",
-               "each of 'descr', 'fortran_order' and 'shape' once");
+      fail_with(*source_, "with the key '" + key + "' twice in the header dict",
+                "each of 'descr', 'fortran_order' and 'shape' once");
     }
     seen = true;
   }
@@ -306,9 +251,9 @@ class npy_dict_parser {
       }
       if (!shape.empty() && !comma) fail_syntax("',' or ')' after a dimension");
       if (shape.size() == npy_max_dims) {
-        npy_fail(*source_,
-                 "with a shape of more than " + std::to_string(npy_max_dims) + " dimensions",
-                 "a 1-D or 2-D shape");
+        fail_with(*source_,
+                  "with a shape of more than " + std::to_string(npy_max_dims) + " dimensions",
+                  "a 1-D or 2-D shape");
       }
       shape.push_back(parse_dim());
       skip_space();
@@ -327,11 +272,11 @@ class npy_dict_parser {
       const std::ptrdiff_t digit = text_[pos_] - '0';
       if (value > (max - digit) / 10) {
         while (at_digit()) ++pos_;
-        npy_fail(*source_,
-                 "with the dimension " + std::string(negative ? "-" : "") +
-                     npy_printable(text_.substr(start, std::min<std::size_t>(pos_ - start, 40))) +
-                     (pos_ - start > 40 ? "..." : "") + " in its shape",
-                 "dimensions that fit in std::ptrdiff_t");
+        fail_with(*source_,
+                  "with the dimension " + std::string(negative ? "-" : "") +
+                      printable(text_.substr(start, std::min<std::size_t>(pos_ - start, 40))) +
+                      (pos_ - start > 40 ? "..." : "") + " in its shape",
+                  "dimensions that fit in std::ptrdiff_t");
       }
       value = value * 10 + digit;
       ++pos_;
@@ -343,58 +288,50 @@ class npy_dict_parser {
 
   std::string_view text_;
   std::size_t pos_ = 0;
-  const npy_source* source_;
+  const error_source* source_;
 };
-
-inline std::size_t npy_load_le(std::span<const std::byte> bytes, std::size_t offset,
-                               std::size_t count) {
-  std::size_t value = 0;
-  for (std::size_t i = count; i-- > 0;) {
-    value = (value << 8) | std::to_integer<std::size_t>(bytes[offset + i]);
-  }
-  return value;
-}
 
 inline constexpr std::array<unsigned char, 6> npy_magic = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 
-inline npy_header parse_npy_header(std::span<const std::byte> bytes, const npy_source& source) {
+inline npy_header parse_npy_header(std::span<const std::byte> bytes, const error_source& source) {
   const std::size_t prefix = std::min(bytes.size(), npy_magic.size());
   for (std::size_t i = 0; i < prefix; ++i) {
     if (std::to_integer<unsigned char>(bytes[i]) != npy_magic[i]) {
       std::string found = "with the first bytes";
       for (std::size_t k = 0; k < prefix; ++k) {
         found += ' ';
-        npy_append_hex(found, std::to_integer<unsigned char>(bytes[k]));
+        append_hex(found, std::to_integer<unsigned char>(bytes[k]));
       }
-      npy_fail(source, found, "the .npy magic string \\x93NUMPY (93 4e 55 4d 50 59)");
+      fail_with(source, found, "the .npy magic string \\x93NUMPY (93 4e 55 4d 50 59)");
     }
   }
   if (bytes.size() < 8) {
-    npy_fail(source, "with only " + std::to_string(bytes.size()) + " bytes",
-             "a .npy file: the magic string \\x93NUMPY, a version and a header");
+    fail_with(source, "with only " + std::to_string(bytes.size()) + " bytes",
+              "a .npy file: the magic string \\x93NUMPY, a version and a header");
   }
 
   const auto major = std::to_integer<unsigned>(bytes[6]);
   const auto minor = std::to_integer<unsigned>(bytes[7]);
   if (minor != 0 || major < 1 || major > 3) {
-    npy_fail(source, "with format version " + std::to_string(major) + "." + std::to_string(minor),
-             "version 1.0, 2.0 or 3.0");
+    fail_with(source, "with format version " + std::to_string(major) + "." + std::to_string(minor),
+              "version 1.0, 2.0 or 3.0");
   }
   const std::size_t length_size = major == 1 ? 2 : 4;
   const std::size_t preamble = 8 + length_size;
   if (bytes.size() < preamble) {
-    npy_fail(source,
-             "with only " + std::to_string(bytes.size()) + " bytes, which end inside the " +
-                 std::to_string(length_size) + "-byte header length",
-             "a complete header length");
+    fail_with(source,
+              "with only " + std::to_string(bytes.size()) + " bytes, which end inside the " +
+                  std::to_string(length_size) + "-byte header length",
+              "a complete header length");
   }
-  const std::size_t header_length = npy_load_le(bytes, 8, length_size);
+  const std::size_t header_length = static_cast<std::size_t>(
+      length_size == 2 ? load_le<2>(bytes.data() + 8) : load_le<4>(bytes.data() + 8));
   if (header_length > bytes.size() - preamble) {
-    npy_fail(source,
-             "with a header length of " + std::to_string(header_length) + " bytes but only " +
-                 std::to_string(bytes.size() - preamble) + " bytes after the " +
-                 std::to_string(preamble) + "-byte preamble",
-             "a header that fits in the file");
+    fail_with(source,
+              "with a header length of " + std::to_string(header_length) + " bytes but only " +
+                  std::to_string(bytes.size() - preamble) + " bytes after the " +
+                  std::to_string(preamble) + "-byte preamble",
+              "a header that fits in the file");
   }
 
   // Latin-1 and UTF-8 agree on ASCII, and every accepted header is ASCII: other bytes can
@@ -410,26 +347,26 @@ inline npy_header parse_npy_header(std::span<const std::byte> bytes, const npy_s
   const std::string_view descr = dict.descr;
   if (descr.size() != 3 || descr[1] != 'f' || (descr[2] != '4' && descr[2] != '8') ||
       (descr[0] != '<' && descr[0] != '>' && descr[0] != '=')) {
-    npy_fail(source, "with dtype '" + npy_printable(descr) + "'", npy_accepted_dtypes);
+    fail_with(source, "with dtype '" + printable(descr) + "'", npy_accepted_dtypes);
   }
   header.dtype = descr[2] == '4' ? npy_dtype::float32 : npy_dtype::float64;
   header.big_endian = descr[0] == '>' || (descr[0] == '=' && native_big);
 
   const std::string shape_text = npy_shape_string(dict.shape);
   if (dict.shape.empty() || dict.shape.size() > 2) {
-    npy_fail(source, "with shape " + shape_text + " (" + std::to_string(dict.shape.size()) + "-D)",
-             "a 1-D or 2-D shape");
+    fail_with(source, "with shape " + shape_text + " (" + std::to_string(dict.shape.size()) + "-D)",
+              "a 1-D or 2-D shape");
   }
   // Like NumPy, a zero dimension does not excuse an absurd one: the product of the non-zero
   // dimensions times the item size must be representable, checked before multiplying.
   const auto itemsize = static_cast<std::ptrdiff_t>(npy_itemsize(header.dtype));
   std::ptrdiff_t bytes_needed = itemsize;
   for (const std::ptrdiff_t dim : dict.shape) {
-    if (dim < 0) npy_fail(source, "with shape " + shape_text, "non-negative dimensions");
+    if (dim < 0) fail_with(source, "with shape " + shape_text, "non-negative dimensions");
     if (dim == 0) continue;
     if (bytes_needed > std::numeric_limits<std::ptrdiff_t>::max() / dim) {
-      npy_fail(source, "with shape " + shape_text + " of dtype '" + npy_printable(descr) + "'",
-               "a shape whose size in bytes fits in std::ptrdiff_t");
+      fail_with(source, "with shape " + shape_text + " of dtype '" + printable(descr) + "'",
+                "a shape whose size in bytes fits in std::ptrdiff_t");
     }
     bytes_needed *= dim;
   }
@@ -475,7 +412,7 @@ void npy_copy_elements(const std::byte* data, bool swap, bool c_order,
 
 template <class T>
 Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> parse_npy(std::span<const std::byte> bytes,
-                                                           const npy_source& source) {
+                                                           const error_source& source) {
   const npy_header header = parse_npy_header(bytes, source);
   const std::ptrdiff_t rows = header.shape[0];
   const std::ptrdiff_t cols = header.shape.size() == 2 ? header.shape[1] : 1;
@@ -486,12 +423,12 @@ Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> parse_npy(std::span<const std::
   const std::size_t present = bytes.size() - header.data_offset;
   // Checked before allocating: a header must not make us allocate what the file lacks.
   if (present != needed) {
-    npy_fail(source,
-             "with " + std::to_string(present) + " bytes of data after its " +
-                 std::to_string(header.data_offset) + "-byte header",
-             "exactly " + std::to_string(needed) + " bytes of data for shape " +
-                 npy_shape_string(header.shape) + " of dtype '" +
-                 npy_dtype_string(header.dtype, header.big_endian) + "'");
+    fail_with(source,
+              "with " + std::to_string(present) + " bytes of data after its " +
+                  std::to_string(header.data_offset) + "-byte header",
+              "exactly " + std::to_string(needed) + " bytes of data for shape " +
+                  npy_shape_string(header.shape) + " of dtype '" +
+                  npy_dtype_string(header.dtype, header.big_endian) + "'");
   }
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> out(rows, cols);
   const std::byte* data = bytes.data() + header.data_offset;
@@ -502,38 +439,6 @@ Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> parse_npy(std::span<const std::
     npy_copy_elements<double>(data, swap, !header.fortran_order, out);
   }
   return out;
-}
-
-inline std::vector<std::byte> npy_read_file(const std::filesystem::path& file,
-                                            const npy_source& source) {
-  std::error_code ec;
-  const std::filesystem::file_status status = std::filesystem::status(file, ec);
-  if (!std::filesystem::exists(status)) {
-    npy_fail(source,
-             ec && status.type() != std::filesystem::file_type::not_found
-                 ? ", which cannot be accessed (" + ec.message() + ")"
-                 : std::string(", which does not exist"),
-             "an existing, readable .npy file");
-  }
-  if (std::filesystem::is_directory(status)) {
-    npy_fail(source, ", which is a directory", "an existing, readable .npy file");
-  }
-  std::ifstream in(file, std::ios::binary);
-  if (!in) npy_fail(source, ", which cannot be opened for reading", "a readable .npy file");
-
-  std::vector<std::byte> bytes;
-  if (std::filesystem::is_regular_file(status)) {
-    const std::uintmax_t size = std::filesystem::file_size(file, ec);
-    if (!ec && size <= bytes.max_size()) bytes.reserve(static_cast<std::size_t>(size));
-  }
-  std::array<char, 1 << 16> chunk;
-  while (in) {
-    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    const auto* first = reinterpret_cast<const std::byte*>(chunk.data());
-    bytes.insert(bytes.end(), first, first + in.gcount());
-  }
-  if (in.bad()) npy_fail(source, ", which could not be read to the end", "a readable .npy file");
-  return bytes;
 }
 
 /// The preamble and header of a version 1.0, little-endian, Fortran-order file, padded so
@@ -557,71 +462,6 @@ inline std::string npy_header_bytes(npy_dtype dtype, std::ptrdiff_t rows, std::p
   return out;
 }
 
-/// A temporary file next to the target, renamed over it by commit() and removed by the
-/// destructor otherwise, so that a failed write never leaves a partial target behind.
-class npy_temporary_file {
- public:
-  npy_temporary_file(const std::filesystem::path& target, const npy_source& source)
-      : target_(target), path_(target), source_(&source) {
-    // A name unique to this moment and thread: concurrent writers of one target do not
-    // share a temporary.
-    const auto ticks =
-        static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-    std::uint64_t tag =
-        ticks ^ (std::hash<std::thread::id>{}(std::this_thread::get_id()) * 0x9e3779b97f4a7c15ULL);
-    std::string suffix = ".";
-    for (int i = 0; i < 8; ++i, tag >>= 8) npy_append_hex(suffix, static_cast<unsigned char>(tag));
-    suffix += ".tmp";
-    path_ += suffix;
-    out_.open(path_, std::ios::binary | std::ios::trunc);
-    if (!out_) {
-      npy_fail(*source_, ", whose temporary file " + npy_quote_path(path_) + " cannot be created",
-               "a file path in an existing, writable directory");
-    }
-    open_ = true;
-  }
-
-  npy_temporary_file(const npy_temporary_file&) = delete;
-  npy_temporary_file& operator=(const npy_temporary_file&) = delete;
-
-  ~npy_temporary_file() {
-    if (!open_) return;
-    out_.close();
-    std::error_code ignored;
-    std::filesystem::remove(path_, ignored);
-  }
-
-  void write(const char* data, std::size_t size) {
-    out_.write(data, static_cast<std::streamsize>(size));
-    if (!out_) {
-      npy_fail(*source_, ", whose temporary file " + npy_quote_path(path_) + " cannot be written",
-               "a file path on a writable device with free space");
-    }
-  }
-
-  void commit() {
-    out_.close();
-    if (!out_) {
-      npy_fail(*source_, ", whose temporary file " + npy_quote_path(path_) + " cannot be flushed",
-               "a file path on a writable device with free space");
-    }
-    std::error_code ec;
-    std::filesystem::rename(path_, target_, ec);
-    if (ec) {
-      npy_fail(*source_, ", which cannot be replaced by the written file (" + ec.message() + ")",
-               "a file path that can be created or replaced");
-    }
-    open_ = false;
-  }
-
- private:
-  std::filesystem::path target_;
-  std::filesystem::path path_;
-  std::ofstream out_;
-  const npy_source* source_;
-  bool open_ = false;
-};
-
 }  // namespace detail
 
 /// Parses and validates the preamble and header of an in-memory `.npy` file (format and
@@ -637,7 +477,7 @@ class npy_temporary_file {
 ///   negative dimension, or a shape whose byte size overflows `std::ptrdiff_t`.
 [[nodiscard]] inline npy_header parse_npy_header(std::span<const std::byte> bytes) {
   return detail::parse_npy_header(
-      bytes, {"lowrank::io::parse_npy_header", "bytes", detail::npy_buffer_subject(bytes.size())});
+      bytes, {"lowrank::io::parse_npy_header", "bytes", detail::buffer_subject(bytes.size())});
 }
 
 /// Parses an in-memory `.npy` file into a rows x cols column-major matrix (n x 1 for a 1-D
@@ -655,7 +495,7 @@ requires std::same_as<T, float> || std::same_as<T, double>
 [[nodiscard]] Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> parse_npy(
     std::span<const std::byte> bytes) {
   return detail::parse_npy<T>(
-      bytes, {"lowrank::io::parse_npy", "bytes", detail::npy_buffer_subject(bytes.size())});
+      bytes, {"lowrank::io::parse_npy", "bytes", detail::buffer_subject(bytes.size())});
 }
 
 /// Reads a `.npy` file into a rows x cols column-major matrix, as parse_npy does.
@@ -671,8 +511,9 @@ template <class T>
 requires std::same_as<T, float> || std::same_as<T, double>
 [[nodiscard]] Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> read_npy(
     const std::filesystem::path& file) {
-  const detail::npy_source source{"lowrank::io::read_npy", "file", detail::npy_quote_path(file)};
-  const std::vector<std::byte> bytes = detail::npy_read_file(file, source);
+  const detail::error_source source{"lowrank::io::read_npy", "file", detail::quote_path(file)};
+  const std::vector<std::byte> bytes =
+      detail::read_file(file, source, "an existing, readable .npy file", "a readable .npy file");
   return detail::parse_npy<T>(bytes, source);
 }
 
@@ -695,9 +536,9 @@ requires std::same_as<typename Derived::Scalar, float> ||
 void write_npy(const std::filesystem::path& file, const Eigen::DenseBase<Derived>& m) {
   using scalar = typename Derived::Scalar;
   using matrix = Eigen::Matrix<scalar, Eigen::Dynamic, Eigen::Dynamic>;
-  const detail::npy_source source{"lowrank::io::write_npy", "file", detail::npy_quote_path(file)};
+  const detail::error_source source{"lowrank::io::write_npy", "file", detail::quote_path(file)};
   if (!file.has_filename()) {
-    detail::npy_fail(source, ", which has no file name", "a path to a file");
+    detail::fail_with(source, ", which has no file name", "a path to a file");
   }
 
   // Binds column-major data and its blocks directly; anything else is evaluated.
@@ -705,7 +546,7 @@ void write_npy(const std::filesystem::path& file, const Eigen::DenseBase<Derived
   const std::string header = detail::npy_header_bytes(
       std::same_as<scalar, float> ? npy_dtype::float32 : npy_dtype::float64, a.rows(), a.cols());
 
-  detail::npy_temporary_file out(file, source);
+  detail::temporary_file out(file, source);
   out.write(header.data(), header.size());
   if (a.size() > 0) {
     const auto column_bytes = static_cast<std::size_t>(a.rows()) * sizeof(scalar);

@@ -80,6 +80,7 @@
 
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix_view.hpp"
+#include "lowrank/io/detail/files.hpp"
 #include "lowrank/io/safetensors.hpp"
 
 namespace lowrank::io {
@@ -150,7 +151,7 @@ inline constexpr std::string_view peft_weights_name = "adapter_model.safetensors
 
 /// Throws lowrank::invalid_argument for `function` and `argument` with the value
 /// "<subject> <context><found>" (no space before a `found` that starts with ','), like
-/// safetensors_fail, but as a type whose call operator is [[noreturn]].
+/// fail_with, but as a type whose call operator is [[noreturn]].
 struct peft_failure {
   std::string_view function;
   std::string_view argument;
@@ -292,8 +293,7 @@ inline std::string peft_number(double x) {
 /// A JSON value as it can be shown in a message.
 template <class Json>
 std::string peft_json_text(const Json& value) {
-  return safetensors_printable(value.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace),
-                               80);
+  return printable(value.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace), 80);
 }
 
 /// A module name that PEFT can address: non-empty dot-separated components.
@@ -532,19 +532,18 @@ inline bool peft_fits(double x, dtype stored) {
   return false;
 }
 
-inline std::string peft_read_text(const std::filesystem::path& file,
-                                  const safetensors_source& source) {
+inline std::string peft_read_text(const std::filesystem::path& file, const error_source& source) {
   std::error_code ec;
   const auto status = std::filesystem::status(file, ec);
   const std::string name = file.filename().string();
   const std::string expected = "a directory with a readable " + name;
-  if (!std::filesystem::exists(status)) safetensors_fail(source, "with no " + name, expected);
+  if (!std::filesystem::exists(status)) fail_with(source, "with no " + name, expected);
   if (!std::filesystem::is_regular_file(status)) {
-    safetensors_fail(source, "whose " + name + " is not a regular file", expected);
+    fail_with(source, "whose " + name + " is not a regular file", expected);
   }
   std::ifstream in(file, std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in && !in.eof()) safetensors_fail(source, "whose " + name + " cannot be read", expected);
+  if (!in && !in.eof()) fail_with(source, "whose " + name + " cannot be read", expected);
   return text;
 }
 
@@ -593,7 +592,7 @@ template <class T>
 requires std::same_as<T, float> || std::same_as<T, double>
 [[nodiscard]] peft_adapter<T> read_peft_adapter(const std::filesystem::path& dir) {
   constexpr std::string_view function = "lowrank::io::read_peft_adapter";
-  const detail::safetensors_source source{function, "dir", detail::safetensors_quote_path(dir)};
+  const detail::error_source source{function, "dir", detail::quote_path(dir)};
   const detail::peft_failure fail{function, "dir", source.subject, ""};
   {
     std::error_code ec;
@@ -859,21 +858,21 @@ void write_peft_adapter(const std::filesystem::path& dir, const peft_adapter<T>&
          "valid UTF-8 strings");
   }
 
-  const detail::safetensors_source source{function, "dir", detail::safetensors_quote_path(dir)};
+  const detail::error_source source{function, "dir", detail::quote_path(dir)};
   {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (!std::filesystem::is_directory(dir, ec)) {
-      detail::safetensors_fail(source, ", which is not a directory and cannot be created",
-                               "a directory path");
+      detail::fail_with(source, ", which is not a directory and cannot be created",
+                        "a directory path");
     }
   }
-  detail::safetensors_temporary_file config_file(dir / detail::peft_config_name, source);
+  detail::temporary_file config_file(dir / detail::peft_config_name, source);
   config_file.write(json.data(), json.size());
   try {
     write_safetensors(dir / detail::peft_weights_name, tensors, {{"format", "pt"}});
   } catch (const lowrank::invalid_argument& e) {
-    detail::safetensors_fail(
+    detail::fail_with(
         source,
         std::string(", whose adapter_model.safetensors cannot be written (") + e.what() + ")",
         "a writable directory");

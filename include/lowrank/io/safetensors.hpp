@@ -58,13 +58,10 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <functional>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -74,12 +71,11 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "lowrank/core/error.hpp"
+#include "lowrank/io/detail/files.hpp"
 
 namespace lowrank::io {
 
@@ -118,61 +114,10 @@ namespace detail {
 static_assert(std::numeric_limits<float>::is_iec559 && sizeof(float) == 4);
 static_assert(std::numeric_limits<double>::is_iec559 && sizeof(double) == 8);
 
-/// Who is parsing or writing, so that every error names the public function, its argument
-/// and the argument's value (the quoted file name, or the size of the caller's buffer).
-struct safetensors_source {
-  std::string_view function;
-  std::string_view argument;
-  std::string subject;
-};
-
-[[noreturn]] inline void safetensors_fail(const safetensors_source& source, std::string_view found,
-                                          std::string_view expected) {
-  // `found` continues the value: "with only 3 bytes" or ", which does not exist".
-  std::string value = source.subject;
-  if (!found.starts_with(',')) value += ' ';
-  value += found;
-  lowrank::detail::throw_invalid_argument(source.function, source.argument, value, expected);
-}
-
-inline std::string safetensors_quote_path(const std::filesystem::path& file) {
-  return '"' + file.string() + '"';
-}
-
-inline std::string safetensors_buffer_subject(std::size_t size) {
-  return "a buffer of " + std::to_string(size) + " bytes";
-}
-
-inline void safetensors_append_hex(std::string& out, unsigned char c) {
-  constexpr std::string_view digits = "0123456789abcdef";
-  out += digits[c >> 4];
-  out += digits[c & 0xf];
-}
-
-/// Text from a file as it can be shown in a message: control and non-ASCII bytes escaped,
-/// and at most `limit` bytes of it, since a tensor name can be as long as the header.
-inline std::string safetensors_printable(std::string_view text, std::size_t limit = 160) {
-  std::string out;
-  for (const char ch : text.substr(0, limit)) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\\') {
-      out += "\\\\";
-    } else if (c >= 0x20 && c < 0x7f) {
-      out += ch;
-    } else {
-      out += "\\x";
-      safetensors_append_hex(out, c);
-    }
-  }
-  if (text.size() > limit) out += "...";
-  return out;
-}
-
-/// 'name', quoted for a message.
+/// 'name', quoted for a message: escaped, and at most 160 bytes of it, since a tensor name
+/// can be as long as the header.
 inline std::string safetensors_quote(std::string_view text) {
-  return '\'' + safetensors_printable(text) + '\'';
+  return '\'' + printable(text, 160) + '\'';
 }
 
 inline constexpr std::size_t safetensors_max_header = 100'000'000;  // the reference's limit
@@ -235,13 +180,6 @@ inline std::string safetensors_shape_string(std::span<const std::int64_t> shape)
 
 inline std::string safetensors_offsets_string(std::size_t begin, std::size_t end) {
   return "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
-}
-
-template <std::size_t Bytes>
-std::uint64_t safetensors_load_le(const std::byte* p) {
-  std::uint64_t value = 0;
-  for (std::size_t k = 0; k < Bytes; ++k) value |= std::to_integer<std::uint64_t>(p[k]) << (8 * k);
-  return value;
 }
 
 template <std::size_t Bytes>
@@ -335,120 +273,13 @@ void safetensors_copy_row_major(const std::byte* data, Convert convert,
     const std::byte* row = data + i * cols * Itemsize;
     for (std::size_t j = 0; j < cols; ++j) {
       out(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) =
-          convert(safetensors_load_le<Itemsize>(row + j * Itemsize));
+          convert(load_le<Itemsize>(row + j * Itemsize));
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------
-// Files.
-
-inline std::vector<std::byte> safetensors_read_file(const std::filesystem::path& file,
-                                                    const safetensors_source& source) {
-  constexpr std::string_view readable = "an existing, readable .safetensors file";
-  std::error_code ec;
-  const std::filesystem::file_status status = std::filesystem::status(file, ec);
-  if (!std::filesystem::exists(status)) {
-    safetensors_fail(source,
-                     ec && status.type() != std::filesystem::file_type::not_found
-                         ? ", which cannot be accessed (" + ec.message() + ")"
-                         : std::string(", which does not exist"),
-                     readable);
-  }
-  if (std::filesystem::is_directory(status)) {
-    safetensors_fail(source, ", which is a directory", readable);
-  }
-  std::ifstream in(file, std::ios::binary);
-  if (!in) safetensors_fail(source, ", which cannot be opened for reading", readable);
-
-  std::vector<std::byte> bytes;
-  if (std::filesystem::is_regular_file(status)) {
-    const std::uintmax_t size = std::filesystem::file_size(file, ec);
-    if (!ec && size <= bytes.max_size()) bytes.reserve(static_cast<std::size_t>(size));
-  }
-  std::array<char, 1 << 16> chunk;
-  while (in) {
-    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    const auto* first = reinterpret_cast<const std::byte*>(chunk.data());
-    bytes.insert(bytes.end(), first, first + in.gcount());
-  }
-  if (in.bad()) safetensors_fail(source, ", which could not be read to the end", readable);
-  return bytes;
-}
-
-/// A temporary file next to the target, renamed over it by commit() and removed by the
-/// destructor otherwise, so that a failed write never leaves a partial target behind.
-class safetensors_temporary_file {
- public:
-  safetensors_temporary_file(const std::filesystem::path& target, const safetensors_source& source)
-      : target_(target), path_(target), source_(&source) {
-    // A name unique to this moment and thread: concurrent writers of one target do not
-    // share a temporary.
-    const auto ticks =
-        static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-    std::uint64_t tag =
-        ticks ^ (std::hash<std::thread::id>{}(std::this_thread::get_id()) * 0x9e3779b97f4a7c15ULL);
-    std::string suffix = ".";
-    for (int i = 0; i < 8; ++i, tag >>= 8) {
-      safetensors_append_hex(suffix, static_cast<unsigned char>(tag));
-    }
-    suffix += ".tmp";
-    path_ += suffix;
-    out_.open(path_, std::ios::binary | std::ios::trunc);
-    if (!out_) {
-      safetensors_fail(
-          *source_,
-          ", whose temporary file " + safetensors_quote_path(path_) + " cannot be created",
-          "a file path in an existing, writable directory");
-    }
-    open_ = true;
-  }
-
-  safetensors_temporary_file(const safetensors_temporary_file&) = delete;
-  safetensors_temporary_file& operator=(const safetensors_temporary_file&) = delete;
-
-  ~safetensors_temporary_file() {
-    if (!open_) return;
-    out_.close();
-    std::error_code ignored;
-    std::filesystem::remove(path_, ignored);
-  }
-
-  void write(const char* data, std::size_t size) {
-    out_.write(data, static_cast<std::streamsize>(size));
-    if (!out_) {
-      safetensors_fail(
-          *source_,
-          ", whose temporary file " + safetensors_quote_path(path_) + " cannot be written",
-          "a file path on a writable device with free space");
-    }
-  }
-
-  void commit() {
-    out_.close();
-    if (!out_) {
-      safetensors_fail(
-          *source_,
-          ", whose temporary file " + safetensors_quote_path(path_) + " cannot be flushed",
-          "a file path on a writable device with free space");
-    }
-    std::error_code ec;
-    std::filesystem::rename(path_, target_, ec);
-    if (ec) {
-      safetensors_fail(*source_,
-                       ", which cannot be replaced by the written file (" + ec.message() + ")",
-                       "a file path that can be created or replaced");
-    }
-    open_ = false;
-  }
-
- private:
-  std::filesystem::path target_;
-  std::filesystem::path path_;
-  std::ofstream out_;
-  const safetensors_source* source_;
-  bool open_ = false;
-};
+// The header.
 
 /// The checks of one tensor entry once its three members are read: the dtype is known, the
 /// size in bits is representable and whole bytes, and the offsets match it and stay in the
@@ -456,14 +287,14 @@ class safetensors_temporary_file {
 inline tensor_info safetensors_check_entry(const std::string& name, const std::string& type_name,
                                            std::vector<std::int64_t> shape, std::size_t begin,
                                            std::size_t end, std::size_t data_size,
-                                           const safetensors_source& source) {
+                                           const error_source& source) {
   const std::string tensor = "the tensor " + safetensors_quote(name);
   const auto known = std::find_if(
       safetensors_dtypes.begin(), safetensors_dtypes.end(),
       [&](const safetensors_dtype_entry& d) { return d.name == std::string_view(type_name); });
   if (known == safetensors_dtypes.end()) {
-    safetensors_fail(source, "with " + tensor + " of dtype " + safetensors_quote(type_name),
-                     "a safetensors dtype: " + safetensors_dtype_list());
+    fail_with(source, "with " + tensor + " of dtype " + safetensors_quote(type_name),
+              "a safetensors dtype: " + safetensors_dtype_list());
   }
   // Like the reference, the size must be representable; unlike it, a zero dimension does not
   // excuse an absurd one: the non-zero dimensions times the bits per element must fit.
@@ -475,36 +306,34 @@ inline tensor_info safetensors_check_entry(const std::string& name, const std::s
     if (d == 0) {
       empty = true;
     } else if (bits > max / d) {
-      safetensors_fail(source,
-                       "with " + tensor + " of dtype " + safetensors_quote(type_name) +
-                           " and shape " + safetensors_shape_string(shape),
-                       "a shape whose size in bits fits in std::int64_t");
+      fail_with(source,
+                "with " + tensor + " of dtype " + safetensors_quote(type_name) + " and shape " +
+                    safetensors_shape_string(shape),
+                "a shape whose size in bits fits in std::int64_t");
     } else {
       bits *= d;
     }
   }
   if (!empty && bits % 8 != 0) {
-    safetensors_fail(source,
-                     "with " + tensor + " of dtype " + safetensors_quote(type_name) +
-                         " and shape " + safetensors_shape_string(shape) + " (" +
-                         std::to_string(bits) + " bits)",
-                     "a whole number of bytes");
+    fail_with(source,
+              "with " + tensor + " of dtype " + safetensors_quote(type_name) + " and shape " +
+                  safetensors_shape_string(shape) + " (" + std::to_string(bits) + " bits)",
+              "a whole number of bytes");
   }
   const std::uint64_t bytes = empty ? 0 : bits / 8;
   const std::string where =
       "with " + tensor + " at data_offsets " + safetensors_offsets_string(begin, end);
-  if (begin > end) safetensors_fail(source, where, "begin <= end");
+  if (begin > end) fail_with(source, where, "begin <= end");
   if (end > data_size) {
-    safetensors_fail(
-        source, where + ", past the end of its " + std::to_string(data_size) + "-byte data buffer",
-        "offsets within the data buffer");
+    fail_with(source,
+              where + ", past the end of its " + std::to_string(data_size) + "-byte data buffer",
+              "offsets within the data buffer");
   }
   if (end - begin != bytes) {
-    safetensors_fail(source,
-                     where + " (" + std::to_string(end - begin) + " bytes) of dtype " +
-                         safetensors_quote(type_name) + " and shape " +
-                         safetensors_shape_string(shape),
-                     "end - begin = " + std::to_string(bytes) + " bytes for that dtype and shape");
+    fail_with(source,
+              where + " (" + std::to_string(end - begin) + " bytes) of dtype " +
+                  safetensors_quote(type_name) + " and shape " + safetensors_shape_string(shape),
+              "end - begin = " + std::to_string(bytes) + " bytes for that dtype and shape");
   }
   tensor_info info;
   info.dtype_name = type_name;
@@ -526,7 +355,7 @@ class safetensors_header_reader {
  public:
   using json = nlohmann::json;
 
-  safetensors_header_reader(std::size_t data_size, const safetensors_source& source,
+  safetensors_header_reader(std::size_t data_size, const error_source& source,
                             std::map<std::string, tensor_info>& tensors,
                             std::map<std::string, std::string>& metadata)
       : data_size_(data_size), source_(&source), tensors_(&tensors), metadata_(&metadata) {}
@@ -683,11 +512,10 @@ class safetensors_header_reader {
     if (const std::size_t close = what.find("] "); what.starts_with('[') && close != what.npos) {
       what.remove_prefix(close + 2);
     }
-    safetensors_fail(*source_,
-                     "with a " + std::to_string(header_size_) +
-                         "-byte header that is not valid UTF-8 JSON (" +
-                         safetensors_printable(what, 240) + ")",
-                     "a header of UTF-8 JSON: one object of tensor entries");
+    fail_with(*source_,
+              "with a " + std::to_string(header_size_) +
+                  "-byte header that is not valid UTF-8 JSON (" + printable(what, 240) + ")",
+              "a header of UTF-8 JSON: one object of tensor entries");
   }
 
   void read(std::string_view text) {
@@ -706,10 +534,10 @@ class safetensors_header_reader {
 
   void push(frame_kind kind) {
     if (open_.size() >= static_cast<std::size_t>(safetensors_max_depth)) {
-      safetensors_fail(*source_,
-                       "with a header that nests objects and arrays more than " +
-                           std::to_string(safetensors_max_depth) + " deep",
-                       "a header of tensor entries, which nest 3 deep");
+      fail_with(*source_,
+                "with a header that nests objects and arrays more than " +
+                    std::to_string(safetensors_max_depth) + " deep",
+                "a header of tensor entries, which nest 3 deep");
     }
     open_.push_back({kind, {}});
   }
@@ -717,27 +545,26 @@ class safetensors_header_reader {
   std::string tensor() const { return "the tensor " + safetensors_quote(name_); }
 
   [[noreturn]] void fail_duplicate(const std::string& key) const {
-    safetensors_fail(
-        *source_, "with the key " + safetensors_quote(key) + " twice in one object of its header",
-        "distinct keys in every JSON object (JSON parsers disagree on which "
-        "duplicate wins)");
+    fail_with(*source_,
+              "with the key " + safetensors_quote(key) + " twice in one object of its header",
+              "distinct keys in every JSON object (JSON parsers disagree on which "
+              "duplicate wins)");
   }
 
   [[noreturn]] void fail_offsets(const std::string& found) const {
-    safetensors_fail(*source_, "with " + tensor() + " whose \"data_offsets\" has " + found,
-                     "an array [begin, end] of two non-negative integers");
+    fail_with(*source_, "with " + tensor() + " whose \"data_offsets\" has " + found,
+              "an array [begin, end] of two non-negative integers");
   }
 
   // A number where it is not allowed, or not allowed with this value.
   bool number(const std::string& text) {
     if (!open_.empty() && open_.back().kind == frame_kind::shape) {
-      safetensors_fail(*source_,
-                       "with " + tensor() + " whose \"shape\" has the element " +
-                           safetensors_printable(text, 40),
-                       "non-negative integer dimensions below 2^63");
+      fail_with(*source_,
+                "with " + tensor() + " whose \"shape\" has the element " + printable(text, 40),
+                "non-negative integer dimensions below 2^63");
     }
     if (!open_.empty() && open_.back().kind == frame_kind::offsets) {
-      fail_offsets("the element " + safetensors_printable(text, 40));
+      fail_offsets("the element " + printable(text, 40));
     }
     return scalar("a JSON number");
   }
@@ -747,8 +574,8 @@ class safetensors_header_reader {
   bool scalar(std::string_view kind) {
     const std::string found(kind);
     if (open_.empty()) {
-      safetensors_fail(*source_, "with a header that is " + found,
-                       "a header that is a JSON object of tensor entries");
+      fail_with(*source_, "with a header that is " + found,
+                "a header that is a JSON object of tensor entries");
     }
     switch (open_.back().kind) {
       case frame_kind::skip_object:
@@ -757,34 +584,34 @@ class safetensors_header_reader {
       case frame_kind::root:
         if (key_ == safetensors_metadata_key) {
           if (kind == "a JSON null") return true;  // the reference reads null as no metadata
-          safetensors_fail(*source_, "with a \"__metadata__\" that is " + found,
-                           "an object of string values");
+          fail_with(*source_, "with a \"__metadata__\" that is " + found,
+                    "an object of string values");
         }
-        safetensors_fail(*source_, "with " + tensor() + " described by " + found,
-                         std::string(safetensors_entry_form));
+        fail_with(*source_, "with " + tensor() + " described by " + found,
+                  std::string(safetensors_entry_form));
       case frame_kind::metadata:
-        safetensors_fail(
+        fail_with(
             *source_,
             "with the \"__metadata__\" value " + safetensors_quote(key_) + " that is " + found,
             "an object of string values");
       case frame_kind::entry:
         switch (slot_) {
           case member::dtype:
-            safetensors_fail(*source_, "with " + tensor() + " whose \"dtype\" is " + found,
-                             "a dtype string such as \"F32\"");
+            fail_with(*source_, "with " + tensor() + " whose \"dtype\" is " + found,
+                      "a dtype string such as \"F32\"");
           case member::shape:
-            safetensors_fail(*source_, "with " + tensor() + " whose \"shape\" is " + found,
-                             "an array of non-negative integers, such as [3, 4]");
+            fail_with(*source_, "with " + tensor() + " whose \"shape\" is " + found,
+                      "an array of non-negative integers, such as [3, 4]");
           case member::data_offsets:
-            safetensors_fail(*source_, "with " + tensor() + " whose \"data_offsets\" is " + found,
-                             "an array [begin, end] of two non-negative integers");
+            fail_with(*source_, "with " + tensor() + " whose \"data_offsets\" is " + found,
+                      "an array [begin, end] of two non-negative integers");
           case member::other:
             return true;  // ignored, as the reference ignores unknown members
         }
         break;
       case frame_kind::shape:
-        safetensors_fail(*source_, "with " + tensor() + " whose \"shape\" has " + found,
-                         "non-negative integer dimensions below 2^63");
+        fail_with(*source_, "with " + tensor() + " whose \"shape\" has " + found,
+                  "non-negative integer dimensions below 2^63");
       case frame_kind::offsets:
         fail_offsets(found);
     }
@@ -796,8 +623,8 @@ class safetensors_header_reader {
          {std::pair{dtype_.has_value(), "dtype"}, std::pair{have_shape_, "shape"},
           std::pair{have_offsets_, "data_offsets"}}) {
       if (!present) {
-        safetensors_fail(*source_, "with " + tensor() + " without \"" + key + "\"",
-                         std::string(safetensors_entry_form));
+        fail_with(*source_, "with " + tensor() + " without \"" + key + "\"",
+                  std::string(safetensors_entry_form));
       }
     }
     tensors_->emplace(name_, safetensors_check_entry(name_, *dtype_, std::move(shape_), offsets_[0],
@@ -806,7 +633,7 @@ class safetensors_header_reader {
   }
 
   std::size_t data_size_;
-  const safetensors_source* source_;
+  const error_source* source_;
   std::map<std::string, tensor_info>* tensors_;
   std::map<std::string, std::string>* metadata_;
   std::size_t header_size_ = 0;
@@ -825,21 +652,21 @@ class safetensors_header_reader {
 
 /// Reads a header into `tensors` and `metadata` (the rules: see the file comment).
 inline void safetensors_read_header(std::string_view text, std::size_t data_size,
-                                    const safetensors_source& source,
+                                    const error_source& source,
                                     std::map<std::string, tensor_info>& tensors,
                                     std::map<std::string, std::string>& metadata) {
   // nlohmann::json stops at a NUL byte as at the end of the input, and skips a byte order
   // mark; the reference (serde_json) rejects both, and so must we, or a file would mean one
   // thing here and another there.
   if (const std::size_t nul = text.find('\0'); nul != text.npos) {
-    safetensors_fail(source,
-                     "with a NUL byte at offset " + std::to_string(nul) + " of its " +
-                         std::to_string(text.size()) + "-byte header",
-                     "a header of UTF-8 JSON, padded with spaces, without NUL bytes");
+    fail_with(source,
+              "with a NUL byte at offset " + std::to_string(nul) + " of its " +
+                  std::to_string(text.size()) + "-byte header",
+              "a header of UTF-8 JSON, padded with spaces, without NUL bytes");
   }
   if (text.starts_with("\xef\xbb\xbf")) {
-    safetensors_fail(source, "with a header that starts with a byte order mark",
-                     "a header of UTF-8 JSON without a byte order mark");
+    fail_with(source, "with a header that starts with a byte order mark",
+              "a header of UTF-8 JSON without a byte order mark");
   }
   safetensors_header_reader(data_size, source, tensors, metadata).read(text);
 }
@@ -877,7 +704,7 @@ class safetensors_file {
   ///   Nothing is allocated from a size the file claims before that size is checked against
   ///   the file.
   [[nodiscard]] static safetensors_file parse(std::vector<std::byte> bytes) {
-    const std::string subject = detail::safetensors_buffer_subject(bytes.size());
+    const std::string subject = detail::buffer_subject(bytes.size());
     return from_bytes(std::move(bytes), {"lowrank::io::safetensors_file::parse", "bytes", subject},
                       subject);
   }
@@ -890,9 +717,10 @@ class safetensors_file {
   ///   `lowrank::io::safetensors_file::read: argument 'file' is "a.safetensors" with the
   ///   tensor 'w' of dtype 'F33'; expected a safetensors dtype: BOOL, F4, ...`.
   [[nodiscard]] static safetensors_file read(const std::filesystem::path& file) {
-    const detail::safetensors_source source{"lowrank::io::safetensors_file::read", "file",
-                                            detail::safetensors_quote_path(file)};
-    return from_bytes(detail::safetensors_read_file(file, source), source, source.subject);
+    const detail::error_source source{"lowrank::io::safetensors_file::read", "file",
+                                      detail::quote_path(file)};
+    constexpr std::string_view readable = "an existing, readable .safetensors file";
+    return from_bytes(detail::read_file(file, source, readable, readable), source, source.subject);
   }
 
   /// Every tensor of the file, by name.
@@ -1006,24 +834,23 @@ class safetensors_file {
   }
 
   static safetensors_file from_bytes(std::vector<std::byte> bytes,
-                                     const detail::safetensors_source& source, std::string origin) {
-    using detail::safetensors_fail;
+                                     const detail::error_source& source, std::string origin) {
+    using detail::fail_with;
     if (bytes.size() < 8) {
-      safetensors_fail(source, "with only " + std::to_string(bytes.size()) + " bytes",
-                       "at least 8 bytes: the header length, then the header");
+      fail_with(source, "with only " + std::to_string(bytes.size()) + " bytes",
+                "at least 8 bytes: the header length, then the header");
     }
-    const std::uint64_t header_length = detail::safetensors_load_le<8>(bytes.data());
+    const std::uint64_t header_length = detail::load_le<8>(bytes.data());
     if (header_length > detail::safetensors_max_header) {
-      safetensors_fail(source, "with a header length of " + std::to_string(header_length),
-                       "a header length of at most " +
-                           std::to_string(detail::safetensors_max_header) +
-                           " bytes (the safetensors limit)");
+      fail_with(source, "with a header length of " + std::to_string(header_length),
+                "a header length of at most " + std::to_string(detail::safetensors_max_header) +
+                    " bytes (the safetensors limit)");
     }
     if (header_length > bytes.size() - 8) {
-      safetensors_fail(source,
-                       "with a header length of " + std::to_string(header_length) + " but only " +
-                           std::to_string(bytes.size() - 8) + " bytes after the length",
-                       "a header that fits in the file");
+      fail_with(source,
+                "with a header length of " + std::to_string(header_length) + " but only " +
+                    std::to_string(bytes.size() - 8) + " bytes after the length",
+                "a header that fits in the file");
     }
     safetensors_file file;
     file.data_offset_ = 8 + static_cast<std::size_t>(header_length);
@@ -1050,7 +877,7 @@ class safetensors_file {
                                " at data_offsets " +
                                detail::safetensors_offsets_string(info.begin, info.end);
       if (info.begin < covered) {
-        safetensors_fail(
+        fail_with(
             source,
             "with " + here + " starting inside the tensor " +
                 detail::safetensors_quote(previous->first) + " at data_offsets " +
@@ -1058,20 +885,20 @@ class safetensors_file {
             tiling);
       }
       if (info.begin > covered) {
-        safetensors_fail(source,
-                         "with " + here + " after a gap: bytes " +
-                             detail::safetensors_offsets_string(covered, info.begin) +
-                             " of its data buffer belong to no tensor",
-                         tiling);
+        fail_with(source,
+                  "with " + here + " after a gap: bytes " +
+                      detail::safetensors_offsets_string(covered, info.begin) +
+                      " of its data buffer belong to no tensor",
+                  tiling);
       }
       covered = info.end;
       previous = entry;
     }
     if (covered != data_size) {
-      safetensors_fail(source,
-                       "with " + std::to_string(data_size - covered) + " bytes at the end of its " +
-                           std::to_string(data_size) + "-byte data buffer that belong to no tensor",
-                       tiling);
+      fail_with(source,
+                "with " + std::to_string(data_size - covered) + " bytes at the end of its " +
+                    std::to_string(data_size) + "-byte data buffer that belong to no tensor",
+                tiling);
     }
 
     file.bytes_ = std::move(bytes);
@@ -1122,9 +949,9 @@ inline void write_safetensors(const std::filesystem::path& file,
                               const std::vector<tensor_to_write>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
   constexpr std::string_view function = "lowrank::io::write_safetensors";
-  const detail::safetensors_source source{function, "file", detail::safetensors_quote_path(file)};
+  const detail::error_source source{function, "file", detail::quote_path(file)};
   if (!file.has_filename())
-    detail::safetensors_fail(source, ", which has no file name", "a path to a file");
+    detail::fail_with(source, ", which has no file name", "a path to a file");
 
   const std::string list = "a list of " + std::to_string(tensors.size()) + " tensors";
   std::set<std::string_view> names;
@@ -1199,7 +1026,7 @@ inline void write_safetensors(const std::filesystem::path& file,
             " bytes (the safetensors limit)");
   }
 
-  detail::safetensors_temporary_file out(file, source);
+  detail::temporary_file out(file, source);
   std::vector<char> chunk;
   constexpr std::size_t chunk_size = 1 << 16;
   chunk.reserve(chunk_size + 8);

@@ -69,6 +69,18 @@ struct span_of {
   return std::clamp<index_t>(n / grain, 1, most);
 }
 
+/// Runs f(j) for every column j of a rows x cols operand: column panels of at
+/// least `grain` elements (at most 64) on the context's threads. Each column is
+/// one task's, so the result does not depend on the thread count.
+template <class F>
+void for_each_column(context<cpu>& ctx, index_t rows, index_t cols, index_t grain, F&& f) {
+  const index_t parts = std::min(parts_of(rows * cols, grain, 64), std::max<index_t>(cols, 1));
+  ctx.pool().run(parts, [&](index_t t) {
+    const auto r = part(cols, parts, t);
+    for (index_t j = r.begin; j < r.begin + r.size; ++j) f(j);
+  });
+}
+
 /// How many pieces a BLAS-3 operation of `flops` splits into, at most `most`,
 /// when each piece computes `span` rows (or columns) of the output and all of
 /// them share (and each repacks) an operand of `shared` elements. Measured with
@@ -522,12 +534,8 @@ struct ops<cpu> {
   template <scalar T>
   static void scale_columns(context<cpu>& ctx, vector_input<T> d, matrix_view<T, cpu> x) {
     LOWRANK_ASSERT(d.size() == x.cols());
-    const index_t parts =
-        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(x.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) as_eigen(x.col(j)) *= d[j];
-    });
+    detail::for_each_column(ctx, x.rows(), x.cols(), 65536,
+                            [&](index_t j) { as_eigen(x.col(j)) *= d[j]; });
   }
 
   /// ||X||_F^2, accumulated in double (fixed column chunks, added in order).
@@ -600,25 +608,20 @@ struct ops<cpu> {
   template <scalar T>
   static void signs_of_largest(context<cpu>& ctx, input<T> x, vector_view<T, cpu> out) {
     LOWRANK_ASSERT(out.size() == x.cols());
-    const index_t parts =
-        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(x.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        const T* c = x.data() + j * x.ld();
-        // The largest magnitude (a vectorised reduction), then its first
-        // occurrence (NaN never compares equal: such a column keeps +1).
-        T largest = 0;
-        for (index_t i = 0; i < x.rows(); ++i) largest = std::max(largest, std::abs(c[i]));
-        T sign = 1;
-        for (index_t i = 0; i < x.rows(); ++i) {
-          if (std::abs(c[i]) == largest) {
-            sign = c[i] < 0 ? T(-1) : T(1);
-            break;
-          }
+    detail::for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) {
+      const T* c = x.data() + j * x.ld();
+      // The largest magnitude (a vectorised reduction), then its first
+      // occurrence (NaN never compares equal: such a column keeps +1).
+      T largest = 0;
+      for (index_t i = 0; i < x.rows(); ++i) largest = std::max(largest, std::abs(c[i]));
+      T sign = 1;
+      for (index_t i = 0; i < x.rows(); ++i) {
+        if (std::abs(c[i]) == largest) {
+          sign = c[i] < 0 ? T(-1) : T(1);
+          break;
         }
-        out[j] = sign;
       }
+      out[j] = sign;
     });
   }
 
@@ -639,14 +642,9 @@ struct ops<cpu> {
   /// X = alpha X + beta, element-wise.
   template <scalar T>
   static void affine(context<cpu>& ctx, T alpha, T beta, matrix_view<T, cpu> x) {
-    const index_t parts =
-        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(x.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        auto c = as_eigen(x.col(j)).array();
-        c = alpha * c + beta;
-      }
+    detail::for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) {
+      auto c = as_eigen(x.col(j)).array();
+      c = alpha * c + beta;
     });
   }
 
@@ -654,17 +652,12 @@ struct ops<cpu> {
   template <scalar T>
   static void axpby(context<cpu>& ctx, T alpha, input<T> x, T beta, matrix_view<T, cpu> y) {
     LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols());
-    const index_t parts =
-        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(x.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        auto yc = as_eigen(y.col(j));
-        if (beta == T(0)) {
-          yc = alpha * as_eigen(x.col(j));
-        } else {
-          yc = alpha * as_eigen(x.col(j)) + beta * yc;
-        }
+    detail::for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) {
+      auto yc = as_eigen(y.col(j));
+      if (beta == T(0)) {
+        yc = alpha * as_eigen(x.col(j));
+      } else {
+        yc = alpha * as_eigen(x.col(j)) + beta * yc;
       }
     });
   }
@@ -677,24 +670,21 @@ struct ops<cpu> {
   static void dropout(context<cpu>& ctx, random_stream stream, double p, T alpha, input<T> x,
                       T beta, matrix_view<T, cpu> y) {
     LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && p >= 0 && p < 1);
-    check_random_range<float>(distribution::uniform, matrix_view<float, cpu>(nullptr, x.rows(), 0),
-                              0, x.cols() > 0 ? x.cols() - 1 : 0);
+    // The mask is the float uniform matrix of `stream`: its index range.
+    check_random_range<float>(distribution::uniform,
+                              matrix_view<float, cpu>(nullptr, x.rows(), x.cols()), 0, 0,
+                              "lowrank::ops<cpu>::dropout");
     const T keep = alpha / static_cast<T>(1.0 - p);
-    const index_t parts =
-        std::min(detail::parts_of(x.size(), 16384, 64), std::max<index_t>(x.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(x.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        const T* in = x.data() + j * x.ld();
-        T* out = y.data() + j * y.ld();
-        for (index_t i0 = 0; i0 < x.rows(); i0 += 4) {
-          const philox_counter w = detail::random_words(stream, static_cast<std::uint64_t>(i0 / 4),
-                                                        static_cast<std::uint64_t>(j));
-          for (index_t lane = 0; lane < 4 && i0 + lane < x.rows(); ++lane) {
-            const index_t i = i0 + lane;
-            const T kept = detail::u24(w.v[lane]) >= p ? keep * in[i] : T(0);
-            out[i] = beta == T(0) ? kept : kept + beta * out[i];
-          }
+    detail::for_each_column(ctx, x.rows(), x.cols(), 16384, [&](index_t j) {
+      const T* in = x.data() + j * x.ld();
+      T* out = y.data() + j * y.ld();
+      for (index_t i0 = 0; i0 < x.rows(); i0 += 4) {
+        const philox_counter w = detail::random_words(stream, static_cast<std::uint64_t>(i0 / 4),
+                                                      static_cast<std::uint64_t>(j));
+        for (index_t lane = 0; lane < 4 && i0 + lane < x.rows(); ++lane) {
+          const index_t i = i0 + lane;
+          const T kept = detail::u24(w.v[lane]) >= p ? keep * in[i] : T(0);
+          out[i] = beta == T(0) ? kept : kept + beta * out[i];
         }
       }
     });
@@ -704,30 +694,19 @@ struct ops<cpu> {
   template <scalar T>
   static void add_row_vector(context<cpu>& ctx, T alpha, vector_input<T> v, matrix_view<T, cpu> y) {
     LOWRANK_ASSERT(v.size() == y.cols());
-    const index_t parts =
-        std::min(detail::parts_of(y.size(), 65536, 64), std::max<index_t>(y.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(y.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        as_eigen(y.col(j)).array() += alpha * v[j];
-      }
-    });
+    detail::for_each_column(ctx, y.rows(), y.cols(), 65536,
+                            [&](index_t j) { as_eigen(y.col(j)).array() += alpha * v[j]; });
   }
 
   /// y_j += alpha sum_i X(i, j), each sum accumulated in double.
   template <scalar T>
   static void add_column_sums(context<cpu>& ctx, T alpha, input<T> x, vector_view<T, cpu> y) {
     LOWRANK_ASSERT(y.size() == x.cols());
-    const index_t parts =
-        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(x.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        const T* c = x.data() + j * x.ld();
-        double sum = 0;
-        for (index_t i = 0; i < x.rows(); ++i) sum += double(c[i]);
-        y[j] = static_cast<T>(double(y[j]) + double(alpha) * sum);
-      }
+    detail::for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) {
+      const T* c = x.data() + j * x.ld();
+      double sum = 0;
+      for (index_t i = 0; i < x.rows(); ++i) sum += double(c[i]);
+      y[j] = static_cast<T>(double(y[j]) + double(alpha) * sum);
     });
   }
 
@@ -754,17 +733,12 @@ struct ops<cpu> {
   static void column_dots(context<cpu>& ctx, matrix_view<const T, cpu> x, input<T> y,
                           vector_view<double, cpu> out) {
     LOWRANK_ASSERT(x.rows() == y.rows() && x.cols() == y.cols() && out.size() == x.cols());
-    const index_t parts =
-        std::min(detail::parts_of(x.size(), 65536, 64), std::max<index_t>(x.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(x.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        const T* a = x.data() + j * x.ld();
-        const T* b = y.data() + j * y.ld();
-        double sum = 0;
-        for (index_t i = 0; i < x.rows(); ++i) sum += double(a[i]) * double(b[i]);
-        out[j] = sum;
-      }
+    detail::for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) {
+      const T* a = x.data() + j * x.ld();
+      const T* b = y.data() + j * y.ld();
+      double sum = 0;
+      for (index_t i = 0; i < x.rows(); ++i) sum += double(a[i]) * double(b[i]);
+      out[j] = sum;
     });
   }
 
@@ -774,15 +748,10 @@ struct ops<cpu> {
   static void gather_rows(context<cpu>& ctx, input<T> x, vector_view<const index_t, cpu> rows,
                           matrix_view<T, cpu> out) {
     LOWRANK_ASSERT(out.rows() == rows.size() && out.cols() == x.cols());
-    const index_t parts =
-        std::min(detail::parts_of(out.size(), 65536, 64), std::max<index_t>(out.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(out.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        const T* in = x.data() + j * x.ld();
-        T* o = out.data() + j * out.ld();
-        for (index_t k = 0; k < rows.size(); ++k) o[k] = in[rows[k]];
-      }
+    detail::for_each_column(ctx, out.rows(), out.cols(), 65536, [&](index_t j) {
+      const T* in = x.data() + j * x.ld();
+      T* o = out.data() + j * out.ld();
+      for (index_t k = 0; k < rows.size(); ++k) o[k] = in[rows[k]];
     });
   }
 
@@ -792,15 +761,10 @@ struct ops<cpu> {
   static void scatter_add_rows(context<cpu>& ctx, T alpha, input<T> src,
                                vector_view<const index_t, cpu> rows, matrix_view<T, cpu> y) {
     LOWRANK_ASSERT(src.rows() == rows.size() && src.cols() == y.cols());
-    const index_t parts =
-        std::min(detail::parts_of(src.size(), 65536, 64), std::max<index_t>(src.cols(), 1));
-    ctx.pool().run(parts, [&](index_t t) {
-      const auto r = detail::part(src.cols(), parts, t);
-      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
-        const T* s = src.data() + j * src.ld();
-        T* o = y.data() + j * y.ld();
-        for (index_t k = 0; k < rows.size(); ++k) o[rows[k]] += alpha * s[k];
-      }
+    detail::for_each_column(ctx, src.rows(), src.cols(), 65536, [&](index_t j) {
+      const T* s = src.data() + j * src.ld();
+      T* o = y.data() + j * y.ld();
+      for (index_t k = 0; k < rows.size(); ++k) o[rows[k]] += alpha * s[k];
     });
   }
 
@@ -982,11 +946,10 @@ struct ops<cpu> {
   }
 
   template <class T>
-  static void check_random_range(distribution d, matrix_view<T, cpu> x, index_t row0,
-                                 index_t col0) {
+  static void check_random_range(distribution d, matrix_view<T, cpu> x, index_t row0, index_t col0,
+                                 const char* fn = "lowrank::ops<cpu>::fill_random") {
     const index_t r = (d == distribution::rademacher || sizeof(T) == 4) ? 4 : 2;
     constexpr index_t counter_limit = index_t{1} << 32;
-    const char* fn = "lowrank::ops<cpu>::fill_random";
     if (row0 < 0 || (row0 + x.rows()) > counter_limit * r) {
       detail::throw_invalid_argument(fn, "row0", row0,
                                      "rows [row0, row0 + rows) within [0, 2^32 * R)");

@@ -1,0 +1,189 @@
+#pragma once
+// Helpers shared by the tests and the fuzzers of lowrank/io (npy, safetensors): bytes from
+// text, values and files; for the tests, matrix comparison, the message of an expected
+// lowrank::invalid_argument and a scratch directory per test; for the fuzzers, their checks
+// and their standalone driver (arguments, seeds, the mutation loop).
+//
+// The fuzzers build without GoogleTest (see the libFuzzer command lines in them), so the
+// GoogleTest helpers are defined only when <gtest/gtest.h> was included first.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "lowrank/core/error.hpp"
+
+namespace io_test {
+
+inline std::vector<std::byte> to_bytes(std::string_view text) {
+  std::vector<std::byte> out(text.size());
+  std::memcpy(out.data(), text.data(), text.size());
+  return out;
+}
+
+template <class T>
+std::vector<std::byte> to_bytes(const std::vector<T>& values) {
+  std::vector<std::byte> out(values.size() * sizeof(T));
+  std::memcpy(out.data(), values.data(), out.size());
+  return out;
+}
+
+inline std::vector<std::byte> read_bytes(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return to_bytes(std::string_view(chars.data(), chars.size()));
+}
+
+inline std::vector<std::filesystem::path> directory_entries(
+    const std::filesystem::path& directory) {
+  std::vector<std::filesystem::path> out;
+  for (const auto& entry : std::filesystem::directory_iterator(directory)) {
+    out.push_back(entry.path());
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Fuzzers.
+
+// Aborts with "<program>: <what>" unless `ok`.
+inline void require(std::string_view program, bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(program.size()), program.data(), what);
+    std::abort();
+  }
+}
+
+inline bool starts_with(const char* message, std::string_view prefix) {
+  return std::string_view(message).starts_with(prefix);
+}
+
+using fuzz_buffer = std::vector<std::uint8_t>;
+
+// The standalone driver's settings: --iterations=N (20000 by default), --seed=S (1) and seed
+// files, added to the built-in seeds.
+struct fuzz_options {
+  std::size_t iterations = 20000;
+  std::uint64_t seed = 1;
+  std::vector<fuzz_buffer> seeds;
+};
+
+// Reads the arguments into `options`; false, after a message, when a seed file cannot be
+// read.
+inline bool parse_fuzz_arguments(std::string_view program, int argc, char** argv,
+                                 fuzz_options& options) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg.starts_with("--iterations=")) {
+      options.iterations = std::strtoull(argv[i] + 13, nullptr, 10);
+    } else if (arg.starts_with("--seed=")) {
+      options.seed = std::strtoull(argv[i] + 7, nullptr, 10);
+    } else {
+      std::ifstream in(argv[i], std::ios::binary);
+      if (!in) {
+        std::fprintf(stderr, "%.*s: cannot read seed file %s\n", static_cast<int>(program.size()),
+                     program.data(), argv[i]);
+        return false;
+      }
+      options.seeds.emplace_back(std::istreambuf_iterator<char>(in),
+                                 std::istreambuf_iterator<char>());
+    }
+  }
+  return true;
+}
+
+// Runs every seed, then `options.iterations` mutants: each restarts from a seed every 8
+// iterations, otherwise stacks 1 to 4 `mutate(buffer, rng)` on the previous mutant, then
+// `finish(buffer, rng)`, and is cut to 4096 bytes before `run(buffer)`.
+template <class Run, class Mutate, class Finish>
+void run_fuzz_loop(const fuzz_options& options, Run run, Mutate mutate, Finish finish) {
+  for (const fuzz_buffer& s : options.seeds) run(s);
+  std::mt19937_64 rng(options.seed);
+  fuzz_buffer current;
+  for (std::size_t i = 0; i < options.iterations; ++i) {
+    // Restart from a seed often; otherwise stack mutations on the previous mutant.
+    if (i % 8 == 0) current = options.seeds[rng() % options.seeds.size()];
+    for (std::size_t n = 1 + rng() % 4; n > 0; --n) mutate(current, rng);
+    finish(current, rng);
+    if (current.size() > 4096) current.resize(4096);
+    run(current);
+  }
+}
+
+}  // namespace io_test
+
+#ifdef ADD_FAILURE  // <gtest/gtest.h> was included
+
+namespace io_test {
+
+inline void write_bytes(const std::filesystem::path& file, std::span<const std::byte> bytes) {
+  std::ofstream out(file, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << file;
+}
+
+// Eigen's == asserts equal sizes; compare the sizes first so a failure is reported, not fatal.
+template <class A, class B>
+::testing::AssertionResult same_matrix(const A& a, const B& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) {
+    return ::testing::AssertionFailure()
+           << a.rows() << " x " << a.cols() << " vs " << b.rows() << " x " << b.cols();
+  }
+  if (a == b) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "\n" << a << "\nvs\n" << b;
+}
+
+// The message of the lowrank::invalid_argument that f throws.
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const lowrank::invalid_argument& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no lowrank::invalid_argument was thrown";
+  return {};
+}
+
+// A fresh directory per test, "<prefix><test name>_<random>" in the temporary directory
+// ('/' in the name, as in typed and parameterized tests, becomes '_'), removed afterwards.
+class scratch_directory_test : public ::testing::Test {
+ protected:
+  explicit scratch_directory_test(std::string prefix) : prefix_(std::move(prefix)) {}
+
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::random_device device;
+    std::string name = info->name();
+    for (char& c : name) {
+      if (c == '/') c = '_';
+    }
+    dir_ =
+        std::filesystem::temp_directory_path() / (prefix_ + name + "_" + std::to_string(device()));
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  std::string prefix_;
+  std::filesystem::path dir_;
+};
+
+}  // namespace io_test
+
+#endif  // ADD_FAILURE
