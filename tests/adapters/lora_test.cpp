@@ -246,6 +246,31 @@ TYPED_TEST(lora_typed, pissa_moves_principal_part_into_adapter) {
   }
 }
 
+// PiSSA export: after "training" (A, B changed), the rank-2r plain LoRA of
+// pissa_as_lora() on the original W gives W_res + s B A, with s' = s; other
+// inits refuse it.
+TEST(lora, pissa_exports_as_plain_lora_of_the_original_weight) {
+  context<cpu> ctx(1);
+  for (const bool rslora : {false, true}) {
+    mat<double> w = random_matrix<double>(16, 12, 3);
+    const mat<double> original = w;
+    lora<cpu, double> layer(ctx, view(w), {},
+                            {.rank = 3, .alpha = 5, .rslora = rslora, .init = lora_init::pissa});
+    as_eigen(layer.a()) += 0.1 * random_matrix<double>(3, 12, 4);
+    as_eigen(layer.b()) += 0.1 * random_matrix<double>(16, 3, 5);
+    const auto plain = layer.pissa_as_lora(ctx);
+    EXPECT_EQ(plain.rank, 6);
+    const double s2 = detail::lora_scaling(plain.alpha, plain.rank, rslora);
+    EXPECT_NEAR(s2, layer.scaling(), 1e-15);
+    const mat<double> tuned = w + layer.scaling() * as_eigen(layer.b()) * as_eigen(layer.a());
+    const mat<double> exported = original + s2 * plain.b * plain.a;
+    EXPECT_LT((tuned - exported).norm(), 1e-13 * original.norm());
+  }
+  mat<double> w = random_matrix<double>(8, 6, 1);
+  lora<cpu, double> plain_init(ctx, view(w), {}, {.rank = 2});
+  EXPECT_THROW((void)plain_init.pissa_as_lora(ctx), lowrank::invalid_argument);
+}
+
 // from_low_rank: s B A equals U diag(S) V^T.
 TEST(lora, from_low_rank_reproduces_the_factorisation) {
   context<cpu> ctx(1);

@@ -31,6 +31,11 @@
 /// **Costs** per step: forward 2 N in out (the base GEMM) + 2 N r (in + out);
 /// backward 2 N in out (dX's base GEMM) + 4 N r (in + out).
 ///
+/// **PiSSA export.** A PiSSA adapter changed W into W_res; pissa_as_lora()
+/// gives the plain LoRA factors of rank 2r whose update applies to the
+/// original W (PEFT's conversion for sharing a PiSSA adapter). The adapter
+/// keeps its initial A and B for it: r (in + out) more scalars.
+///
 /// **Merge.** merge() adds s B A to W in extended precision (double for
 /// float, long double for double), rounding once per element; unmerge()
 /// subtracts it again and restores W bit for bit: the merge keeps A and B as
@@ -263,6 +268,40 @@ class lora {
     pending_ = false;
   }
 
+  // --- PiSSA export --------------------------------------------------------------
+
+  /// A plain LoRA update: factors, rank and alpha (rsLoRA as this adapter's).
+  struct plain_lora {
+    matrix<T, Backend> a;  ///< rank x in
+    matrix<T, Backend> b;  ///< out x rank
+    index_t rank;
+    double alpha;
+  };
+
+  /// A PiSSA adapter as a LoRA update of the original weight (PEFT's conversion
+  /// of a PiSSA adapter for sharing): with A0, B0 the factors at init,
+  /// A' = [A; A0] (2r x in), B' = [B, -B0] (out x 2r), rank 2r and alpha 2 alpha
+  /// (sqrt(2) alpha with rsLoRA), so that s' = s and
+  /// W + s' B' A' = W_res + s B A: the original W plus the fine-tuning's change.
+  /// @throws lowrank::invalid_argument unless the adapter was initialised by PiSSA.
+  [[nodiscard]] plain_lora pissa_as_lora(context<Backend>& ctx) {
+    if (initial_a_.size() == 0) {
+      detail::throw_invalid_argument("lowrank::lora::pissa_as_lora", "this",
+                                     "an adapter not initialised by PiSSA",
+                                     "options.init == lora_init::pissa");
+    }
+    const index_t r = rank();
+    plain_lora out{matrix<T, Backend>(ctx, 2 * r, in_features()),
+                   matrix<T, Backend>(ctx, out_features(), 2 * r), 2 * r,
+                   options_.rslora ? std::sqrt(2.0) * options_.alpha : 2 * options_.alpha};
+    ops<Backend>::copy(ctx, a(), out.a.view().middle_rows(0, r));
+    ops<Backend>::copy(ctx, as_const(initial_a_.view()), out.a.view().middle_rows(r, r));
+    ops<Backend>::copy(ctx, b(), out.b.view().middle_cols(0, r));
+    ops<Backend>::axpby(ctx, T(-1), as_const(initial_b_.view()), T(0),
+                        out.b.view().middle_cols(r, r));
+    return out;
+  }
+
   // --- Merge -------------------------------------------------------------------
 
   /// W += s B A (extended precision, one rounding); see the file comment.
@@ -347,6 +386,11 @@ class lora {
     // W_res = W - s B A, in extended precision, rounded once.
     ops<Backend>::merge_low_rank(ctx, -scaling_, b(), a(), vector_view<const double, Backend>(),
                                  weight_, false, nullptr);
+    // The initial factors, for pissa_as_lora().
+    initial_a_ = matrix<T, Backend>(ctx, rank(), in_features());
+    initial_b_ = matrix<T, Backend>(ctx, out_features(), rank());
+    ops<Backend>::copy(ctx, a(), initial_a_.view());
+    ops<Backend>::copy(ctx, b(), initial_b_.view());
   }
 
   /// B = U diag(sqrt(S / s)), A = diag(sqrt(S / s)) V^T (host arithmetic on
@@ -399,6 +443,8 @@ class lora {
   bool dropout_on_ = false;
   random_stream dropout_stream_{};
   detail::batch_workspace<T, Backend> h_, gb_, dropped_;
+  // PiSSA's initial A and B (empty for the other inits).
+  matrix<T, Backend> initial_a_, initial_b_;
   // The merge: A and B as merged, and the record of the exact unmerge.
   detail::weight_merge<T, Backend> merge_;
   matrix<T, Backend> merged_a_, merged_b_;
