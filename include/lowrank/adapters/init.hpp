@@ -68,6 +68,15 @@ struct parameter {
 
 namespace detail {
 
+/// Throws invalid_argument unless 1 <= rank <= min(out, in).
+inline void check_adapter_rank(const char* fn, const char* argument, index_t rank, index_t out,
+                               index_t in) {
+  if (rank <= 0 || rank > std::min(out, in)) {
+    throw_invalid_argument(fn, argument, rank,
+                           "1 <= rank <= min(out, in) = " + std::to_string(std::min(out, in)));
+  }
+}
+
 /// Checks of the options every LoRA-like adapter shares.
 inline void check_adapter_options(const char* fn, index_t out, index_t in, index_t rank,
                                   double alpha, double dropout) {
@@ -76,10 +85,7 @@ inline void check_adapter_options(const char* fn, index_t out, index_t in, index
                            std::to_string(out) + " x " + std::to_string(in) + " matrix",
                            "a non-empty out x in weight");
   }
-  if (rank <= 0 || rank > std::min(out, in)) {
-    throw_invalid_argument(fn, "options.rank", rank,
-                           "1 <= rank <= min(out, in) = " + std::to_string(std::min(out, in)));
-  }
+  check_adapter_rank(fn, "options.rank", rank, out, in);
   if (!std::isfinite(alpha) || alpha <= 0) {
     throw_invalid_argument(fn, "options.alpha", alpha, "a finite alpha > 0");
   }
@@ -105,6 +111,24 @@ void require_finite_values(context<Backend>& ctx, const char* fn, const char* ar
         "non-finite at (" + std::to_string(at % rows) + ", " + std::to_string(at / rows) + ")",
         "finite values");
   }
+}
+
+/// Checks of a frozen base layer: W non-empty and finite, b empty or out
+/// entries and finite.
+template <class T, class Backend>
+void check_frozen_base(context<Backend>& ctx, const char* fn, matrix_view<const T, Backend> weight,
+                       vector_view<const T, Backend> bias) {
+  if (weight.rows() <= 0 || weight.cols() <= 0) {
+    throw_invalid_argument(fn, "weight",
+                           std::to_string(weight.rows()) + " x " + std::to_string(weight.cols()),
+                           "a non-empty out x in weight");
+  }
+  if (!bias.empty() && bias.size() != weight.rows()) {
+    throw_invalid_argument(fn, "bias.size()", bias.size(),
+                           "0 (no bias) or out = " + std::to_string(weight.rows()));
+  }
+  require_finite_values(ctx, fn, "weight", weight);
+  if (!bias.empty()) require_finite_values(ctx, fn, "bias", bias.as_matrix());
 }
 
 /// Throws invalid_argument unless x is rows x cols.

@@ -338,12 +338,7 @@ class lora {
     if (options.layer >= (std::uint64_t{1} << 30)) {
       detail::throw_invalid_argument(fn, "options.layer", options.layer, "< 2^30");
     }
-    if (!bias.empty() && bias.size() != weight.rows()) {
-      detail::throw_invalid_argument(fn, "bias.size()", bias.size(),
-                                     "0 (no bias) or out = " + std::to_string(weight.rows()));
-    }
-    detail::require_finite_values(ctx, fn, "weight", as_const(weight));
-    if (!bias.empty()) detail::require_finite_values(ctx, fn, "bias", as_const(bias.as_matrix()));
+    detail::check_frozen_base(ctx, fn, as_const(weight), as_const(bias));
     scaling_ = detail::lora_scaling(options.alpha, options.rank, options.rslora);
     a_ = matrix<T, Backend>(ctx, options.rank, weight.cols());
     b_ = matrix<T, Backend>(ctx, weight.rows(), options.rank);

@@ -84,33 +84,6 @@ namespace lowrank {
 
 namespace detail {
 
-/// Checks of a frozen base layer: W non-empty and finite, b empty or out
-/// entries and finite.
-template <class T, class Backend>
-void check_frozen_base(context<Backend>& ctx, const char* fn, matrix_view<const T, Backend> weight,
-                       vector_view<const T, Backend> bias) {
-  if (weight.rows() <= 0 || weight.cols() <= 0) {
-    throw_invalid_argument(fn, "weight",
-                           std::to_string(weight.rows()) + " x " + std::to_string(weight.cols()),
-                           "a non-empty out x in weight");
-  }
-  if (!bias.empty() && bias.size() != weight.rows()) {
-    throw_invalid_argument(fn, "bias.size()", bias.size(),
-                           "0 (no bias) or out = " + std::to_string(weight.rows()));
-  }
-  require_finite_values(ctx, fn, "weight", weight);
-  if (!bias.empty()) require_finite_values(ctx, fn, "bias", bias.as_matrix());
-}
-
-/// Throws invalid_argument unless 1 <= rank <= min(out, in).
-inline void check_adapter_rank(const char* fn, const char* argument, index_t rank, index_t out,
-                               index_t in) {
-  if (rank <= 0 || rank > std::min(out, in)) {
-    throw_invalid_argument(fn, argument, rank,
-                           "1 <= rank <= min(out, in) = " + std::to_string(std::min(out, in)));
-  }
-}
-
 /// Throws invalid_argument unless X is N x in and Y is N x out.
 template <class T, class Backend>
 void check_adapter_batch(const char* fn, matrix_view<const T, Backend> x, matrix_view<T, Backend> y,

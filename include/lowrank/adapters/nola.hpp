@@ -139,12 +139,7 @@ class nola {
           fn, "options.rank", options.rank,
           "r max(in, out) <= " + std::to_string(max_rows) + " (the generator's row range)");
     }
-    if (!bias.empty() && bias.size() != weight.rows()) {
-      detail::throw_invalid_argument(fn, "bias.size()", bias.size(),
-                                     "0 (no bias) or out = " + std::to_string(weight.rows()));
-    }
-    detail::require_finite_values(ctx, fn, "weight", as_const(weight));
-    if (!bias.empty()) detail::require_finite_values(ctx, fn, "bias", as_const(bias.as_matrix()));
+    detail::check_frozen_base(ctx, fn, as_const(weight), as_const(bias));
     scaling_ = detail::lora_scaling(options.alpha, options.rank, options.rslora);
     alpha_ = matrix<T, Backend>(ctx, options.num_bases_a, 1);
     beta_ = matrix<T, Backend>(ctx, options.num_bases_b, 1);
