@@ -23,6 +23,12 @@ namespace lowrank {
 template <class T>
 concept scalar = std::same_as<T, float> || std::same_as<T, double>;
 
+/// What `ops<Backend>::cholesky_factor` reports (see `backend_for`).
+struct cholesky_status {
+  bool ok = false;       ///< R and R^{-1} were computed and are usable in T
+  double deviation = 0;  ///< ||G - I||_F, in double
+};
+
 /// The operation table of `Backend` covers element type `T`.
 ///
 /// Shapes and semantics (all matrices column-major views of the backend's memory):
@@ -36,6 +42,16 @@ concept scalar = std::same_as<T, float> || std::same_as<T, double>;
 /// - `svd(ctx, a, u, s, v)`: thin SVD A = U diag(s) V^T, A m x n, r = min(m, n),
 ///   U m x r, s r (descending, >= 0), V n x r; throws numerical_error if it
 ///   does not converge;
+/// - `cholesky_factor(ctx, g, shift, r, r_inv)`: the factor of one Cholesky QR
+///   pass (decomp/orthonormalize.hpp), computed in double from the lower
+///   triangle of G (n x n, element type T): R upper triangular with R^T R =
+///   G + shift tr(G) I, and R^{-1}, into r and r_inv (n x n, double, zero
+///   below the diagonal). Returns a `cholesky_status`: `deviation` =
+///   ||G - I||_F always; `ok` false (r, r_inv unspecified) when G is not
+///   finite, the factorisation breaks down, R's diagonal is not positive and
+///   finite, or an entry of R^{-1} would overflow in T;
+/// - `convert(ctx, src, dst)`: dst = src rounded to dst's element type (float
+///   or double, either way);
 /// - `fill_random(ctx, d, stream, x, row0, col0)`: X = the block at (row0,
 ///   col0) of the random matrix of `stream` (random/philox.hpp);
 /// - `fill`, `copy`, `scale_columns` (X = X diag(d)), `squared_norm` (||X||_F^2
@@ -49,12 +65,16 @@ template <class Backend, class T>
 concept backend_for = scalar<T> &&
     requires(context<Backend>& ctx, matrix_view<T, Backend> x, matrix_view<const T, Backend> cx,
              vector_view<T, Backend> v, vector_view<const T, Backend> cv, matrix_view<T, cpu> hx,
-             matrix_view<const T, cpu> chx, T alpha, index_t i, random_stream s) {
+             matrix_view<const T, cpu> chx, matrix_view<double, Backend> dx,
+             matrix_view<const double, Backend> cdx, T alpha, index_t i, random_stream s) {
   ops<Backend>::gemm(ctx, transpose::no, transpose::yes, alpha, cx, cx, alpha, x);
   ops<Backend>::gram(ctx, cx, x);
   ops<Backend>::multiply_right(ctx, cx, x);
   ops<Backend>::householder_orthonormalize(ctx, x, x);
   ops<Backend>::svd(ctx, cx, x, v, x);
+  { ops<Backend>::cholesky_factor(ctx, cx, 0.0, dx, dx) } -> std::same_as<cholesky_status>;
+  ops<Backend>::convert(ctx, cx, dx);
+  ops<Backend>::convert(ctx, cdx, x);
   ops<Backend>::fill_random(ctx, distribution::gaussian, s, x, i, i);
   ops<Backend>::fill(ctx, x, alpha);
   ops<Backend>::copy(ctx, cx, x);

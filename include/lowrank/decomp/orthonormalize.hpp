@@ -22,16 +22,15 @@
 /// Householder QR, which always succeeds (for exactly rank-deficient Y, Q spans
 /// span(Y) plus orthonormal directions of the QR's choosing).
 ///
-/// The small l x l Cholesky factorisations (and the inverse of R) run on the
-/// host in double precision; the Gram matrix (syrk) and Y R^{-1} (a product)
-/// run on the backend.
-/// Cost: 3 m l^2 flops a pass (2 passes for `orthonormal`); memory: 2 l^2 (+ an
+/// The small l x l steps (the Cholesky factorisation in double, R^{-1}, the
+/// products of the factors) run on the backend as well (`ops::cholesky_factor`):
+/// on a GPU nothing crosses to the host but the pass's status (one
+/// synchronisation a pass).
+/// Cost: 3 m l^2 flops a pass (2 passes for `orthonormal`); memory: 3 l^2 (+ an
 /// m x l copy only on the Householder path without LAPACK).
 
-#include <Eigen/Cholesky>
-#include <Eigen/Core>
-#include <cmath>
 #include <limits>
+#include <utility>
 
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/eigen.hpp"
@@ -56,116 +55,109 @@ enum class orth_method {
 
 namespace detail {
 
-/// The factor of one CholQR pass, computed on the host.
-struct cholqr_factor {
-  bool ok = false;        ///< the Cholesky factorisation succeeded
-  double deviation = 0;   ///< ||Y^T Y - I||_F
-  Eigen::MatrixXd r;      ///< R, upper triangular: R^T R = Y^T Y (+ shift I)
-  Eigen::MatrixXd r_inv;  ///< R^{-1}
+/// The small matrices of the Cholesky QR passes, on the backend.
+template <class T, class Backend>
+struct cholqr_workspace {
+  cholqr_workspace(context<Backend>& ctx, index_t l)
+      : gram(ctx, l, l), r(ctx, l, l), r_inv(ctx, l, l), r_inv_t(ctx, l, l) {}
+  matrix<T, Backend> gram;         ///< Y^T Y (lower triangle)
+  matrix<double, Backend> r;       ///< the pass's R
+  matrix<double, Backend> r_inv;   ///< R^{-1}
+  matrix<T, Backend> r_inv_t;      ///< R^{-1} rounded to T
 };
 
-/// R with R^T R = Y^T Y + shift I (shift only if `shifted`), from the Gram
-/// matrix on the backend and a Cholesky factorisation on the host in double.
-/// Fails (ok = false) when the factorisation breaks down or R^{-1} would
-/// overflow in precision T.
+/// One CholQR factor of Y (R^T R = Y^T Y, + shift I if `shifted`) into the
+/// workspace's r and r_inv.
 template <class T, class Backend>
-cholqr_factor cholesky_qr_factor(context<Backend>& ctx, matrix_view<T, Backend> y,
-                                 matrix<T, Backend>& gram, bool shifted) {
+cholesky_status cholesky_qr_factor(context<Backend>& ctx, matrix_view<T, Backend> y,
+                                   cholqr_workspace<T, Backend>& w, bool shifted) {
   const index_t m = y.rows();
   const index_t l = y.cols();
-  ops<Backend>::gram(ctx, as_const(y), gram.view());
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> host(l, l);
-  ops<Backend>::download(ctx, as_const(gram.view()), view(host));
-  Eigen::MatrixXd g = host.template cast<double>().template selfadjointView<Eigen::Lower>();
+  ops<Backend>::gram(ctx, as_const(y), w.gram.view());
+  const double shift =
+      shifted ? 11.0 * double(m * l + l * (l + 1)) * std::numeric_limits<T>::epsilon() : 0.0;
+  return ops<Backend>::cholesky_factor(ctx, as_const(w.gram.view()), shift, w.r.view(),
+                                       w.r_inv.view());
+}
 
-  cholqr_factor f;
-  f.deviation = (g - Eigen::MatrixXd::Identity(l, l)).norm();
-  const double trace = g.trace();
-  if (!std::isfinite(trace) || !std::isfinite(f.deviation)) return f;
-  if (shifted) {
-    const double eps = std::numeric_limits<T>::epsilon();
-    g.diagonal().array() += 11.0 * double(m * l + l * (l + 1)) * eps * trace;
+/// A B for small matrices on the backend, in double.
+template <class Backend>
+matrix<double, Backend> times(context<Backend>& ctx, matrix_view<const double, Backend> a,
+                              matrix_view<const double, Backend> b) {
+  matrix<double, Backend> product(ctx, a.rows(), b.cols());
+  ops<Backend>::gemm(ctx, transpose::no, transpose::no, 1.0, a, b, 0.0, product.view());
+  return product;
+}
+
+/// acc = f acc for l x l matrices on the backend (acc empty: acc = f).
+template <class Backend>
+void accumulate_factor(context<Backend>& ctx, matrix_view<const double, Backend> f,
+                       matrix<double, Backend>& acc) {
+  if (acc.rows() != 0) {
+    acc = times(ctx, f, as_const(acc.view()));
+    return;
   }
-  Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>, Eigen::Lower> llt(g);
-  if (llt.info() != Eigen::Success) return f;
-  const auto diagonal = g.diagonal();
-  if (!(diagonal.minCoeff() > 0) || !std::isfinite(diagonal.maxCoeff())) return f;
-  f.r = g.template triangularView<Eigen::Lower>().transpose();
-  f.r_inv = f.r;
-  host_ops<T>::invert_upper(f.r_inv);
-  // Y R^{-1} is formed in precision T: an entry of R^{-1} that overflows
-  // there would turn Y into Inf.
-  f.ok = f.r_inv.cwiseAbs().maxCoeff() < double(std::numeric_limits<T>::max());
-  return f;
+  acc = matrix<double, Backend>(ctx, f.rows(), f.cols());
+  ops<Backend>::copy(ctx, f, acc.view());
 }
 
-/// Y = Y R^{-1}, as a product (twice a triangular solve's flops, at more than
-/// twice its speed).
-template <class T, class Backend>
-void apply_inverse(context<Backend>& ctx, matrix_view<T, Backend> y, matrix<T, Backend>& scratch,
-                   const Eigen::MatrixXd& r_inv) {
-  const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> host = r_inv.template cast<T>();
-  ops<Backend>::upload(ctx, view(host), scratch.view());
-  ops<Backend>::multiply_right(ctx, as_const(scratch.view()), y);
-}
-
-/// orthonormalize (below), also giving
-/// - R (when `r` is not null): Y as given = Q R, l x l upper triangular, in double;
+/// orthonormalize (below), also giving (l x l, on the backend, in double):
+/// - R (when `r` is not null): Y as given = Q R, upper triangular;
 /// - a deferred last step (when `c` is not null and accuracy is orthonormal):
-///   the second CholQR pass is not applied to Y but returned as C (l x l,
-///   upper triangular): Y (as returned) C has orthonormal columns. The caller
-///   folds C into the small matrices it multiplies Y by next, saving one
-///   m x l product. C is the identity when a fallback applied everything.
+///   the second CholQR pass is not applied to Y but returned as C (upper
+///   triangular): Y (as returned) C has orthonormal columns. The caller folds
+///   C into the small matrices it multiplies Y by next, saving one m x l
+///   product. C is left empty (0 x 0, meaning the identity) when a fallback
+///   applied everything.
 template <class T, class Backend>
 orth_method orthonormalize(context<Backend>& ctx, matrix_view<T, Backend> y, orth_accuracy accuracy,
-                           Eigen::MatrixXd* r, Eigen::MatrixXd* c) {
+                           matrix<double, Backend>* r, matrix<double, Backend>* c) {
   LOWRANK_ASSERT(y.rows() >= y.cols());
   const index_t l = y.cols();
-  if (r != nullptr) r->setIdentity(l, l);
-  if (c != nullptr) c->setIdentity(l, l);
+  if (r != nullptr) *r = matrix<double, Backend>();
+  if (c != nullptr) *c = matrix<double, Backend>();
   if (l == 0) return orth_method::cholesky_qr;
-  matrix<T, Backend> gram(ctx, l, l);
-  auto apply = [&](const cholqr_factor& f) {
-    apply_inverse(ctx, y, gram, f.r_inv);
-    if (r != nullptr) *r = f.r.template triangularView<Eigen::Upper>() * *r;
+  cholqr_workspace<T, Backend> w(ctx, l);
+  auto apply = [&] {
+    ops<Backend>::convert(ctx, as_const(w.r_inv.view()), w.r_inv_t.view());
+    ops<Backend>::multiply_right(ctx, as_const(w.r_inv_t.view()), y);
+    if (r != nullptr) accumulate_factor(ctx, as_const(w.r.view()), *r);
   };
 
-  if (const auto first = cholesky_qr_factor(ctx, y, gram, false); first.ok) {
-    apply(first);
+  if (cholesky_qr_factor(ctx, y, w, false).ok) {
+    apply();
     if (accuracy == orth_accuracy::basis) return orth_method::cholesky_qr;
     // The second pass's Gram matrix measures the first pass's orthogonality:
     // below 1/2 the second pass restores it to working precision.
-    const auto second = cholesky_qr_factor(ctx, y, gram, false);
+    const auto second = cholesky_qr_factor(ctx, y, w, false);
     if (second.ok && second.deviation < 0.5) {
       if (c != nullptr) {
-        *c = second.r_inv;
-        if (r != nullptr) *r = second.r.template triangularView<Eigen::Upper>() * *r;
+        *c = std::move(w.r_inv);
+        if (r != nullptr) accumulate_factor(ctx, as_const(w.r.view()), *r);
       } else {
-        apply(second);
+        apply();
       }
       return orth_method::cholesky_qr;
     }
   }
   // Shifted CholeskyQR3 on what Y is now (Y itself, or Y R1^{-1}: same span),
   // applied in full.
-  if (const auto shifted = cholesky_qr_factor(ctx, y, gram, true); shifted.ok) {
-    apply(shifted);
-    const auto first = cholesky_qr_factor(ctx, y, gram, false);
-    if (first.ok) {
-      apply(first);
+  if (cholesky_qr_factor(ctx, y, w, true).ok) {
+    apply();
+    if (cholesky_qr_factor(ctx, y, w, false).ok) {
+      apply();
       if (accuracy == orth_accuracy::basis) return orth_method::shifted_cholesky_qr;
-      const auto second = cholesky_qr_factor(ctx, y, gram, false);
+      const auto second = cholesky_qr_factor(ctx, y, w, false);
       if (second.ok && second.deviation < 0.5) {
-        apply(second);
+        apply();
         return orth_method::shifted_cholesky_qr;
       }
     }
   }
-  ops<Backend>::householder_orthonormalize(ctx, y, gram.view());
+  ops<Backend>::householder_orthonormalize(ctx, y, w.gram.view());
   if (r != nullptr) {
-    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> host(l, l);
-    ops<Backend>::download(ctx, as_const(gram.view()), view(host));
-    *r = host.template cast<double>() * *r;
+    ops<Backend>::convert(ctx, as_const(w.gram.view()), w.r.view());
+    accumulate_factor(ctx, as_const(w.r.view()), *r);
   }
   return orth_method::householder;
 }
@@ -180,7 +172,7 @@ template <scalar T, class Backend>
 requires backend_for<Backend, T> orth_method
 orthonormalize(context<Backend>& ctx, matrix_view<T, Backend> y,
                orth_accuracy accuracy = orth_accuracy::orthonormal) {
-  return detail::orthonormalize(ctx, y, accuracy, nullptr, nullptr);
+  return detail::orthonormalize<T, Backend>(ctx, y, accuracy, nullptr, nullptr);
 }
 
 }  // namespace lowrank

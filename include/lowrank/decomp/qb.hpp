@@ -162,15 +162,13 @@ qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, const oriented_opera
       // Rotate the block by the SVD of B_i = X S W^T (B_i^T = W S X^T) so that
       // its rows come in decreasing energy, and keep the fewest that suffice.
       auto svd = tall_svd(ctx, bti, b);
-      const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> v = svd.v.template cast<T>();
-      matrix<T, Backend> v_device(ctx, b, b);
-      ops<Backend>::upload(ctx, view(v), v_device.view());
-      ops<Backend>::multiply_right(ctx, as_const(v_device.view()), qi);
-      vector<T, Backend> s_device(ctx, b);
-      ops<Backend>::upload(ctx, view(svd.s), s_device.view().as_matrix());
+      matrix<T, Backend> v(ctx, b, b);
+      ops<Backend>::convert(ctx, as_const(svd.v.view()), v.view());
+      ops<Backend>::multiply_right(ctx, as_const(v.view()), qi);
       ops<Backend>::copy(ctx, as_const(svd.w.view()), bti);
-      ops<Backend>::scale_columns(ctx, as_const(s_device.view()), bti);
-      const auto& host_s = svd.s;
+      ops<Backend>::scale_columns(ctx, as_const(svd.s.view()), bti);
+      Eigen::Matrix<T, Eigen::Dynamic, 1> host_s(b);
+      ops<Backend>::download(ctx, as_const(svd.s.view().as_matrix()), view(host_s));
       index_t keep = 0;
       while (keep < b && f.residual > target) {
         f.residual -= static_cast<double>(host_s(keep)) * static_cast<double>(host_s(keep));

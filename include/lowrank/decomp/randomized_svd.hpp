@@ -86,24 +86,25 @@ low_rank<T, Backend> oriented_result(context<Backend>& ctx, transpose op, matrix
   return r;
 }
 
-/// The rank-k SVD of M ~ Q B, given Q = Q1 C (Q1 big x l, C l x l on the host,
-/// together orthonormal; C = I when null) and B1^T = M^T Q1 (small x l,
-/// destroyed): B^T = B1^T C = W S X^T, so M ~ (Q1 C X_k) S_k W_k^T.
+/// The rank-k SVD of M ~ Q B, given Q = Q1 C (Q1 big x l, C l x l on the
+/// backend, together orthonormal; C = I when null or empty) and B1^T = M^T Q1
+/// (small x l, destroyed): B^T = B1^T C = W S X^T, so M ~ (Q1 C X_k) S_k W_k^T.
 template <class T, class Backend>
 low_rank<T, Backend> svd_of_qb(context<Backend>& ctx, transpose op,
                                matrix_view<const T, Backend> q1, matrix_view<T, Backend> bt1,
-                               index_t k, const Eigen::MatrixXd* c = nullptr) {
+                               index_t k, const matrix<double, Backend>* c = nullptr) {
   auto f = tall_svd(ctx, bt1, k, c);
-  const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> x =
-      (c != nullptr ? Eigen::MatrixXd(*c * f.v) : f.v).template cast<T>();
-  matrix<T, Backend> x_device(ctx, x.rows(), k);
-  ops<Backend>::upload(ctx, view(x), x_device.view());
+  matrix<T, Backend> x(ctx, q1.cols(), k);
+  if (c != nullptr && c->rows() != 0) {
+    ops<Backend>::convert(ctx, as_const(times(ctx, c->view(), as_const(f.v.view())).view()),
+                          x.view());
+  } else {
+    ops<Backend>::convert(ctx, as_const(f.v.view()), x.view());
+  }
   matrix<T, Backend> left(ctx, q1.rows(), k);
-  ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), q1, as_const(x_device.view()), T(0),
+  ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), q1, as_const(x.view()), T(0),
                      left.view());
-  vector<T, Backend> s(ctx, k);
-  ops<Backend>::upload(ctx, view(f.s), s.view().as_matrix());
-  return oriented_result(ctx, op, std::move(left), std::move(s), std::move(f.w));
+  return oriented_result(ctx, op, std::move(left), std::move(f.s), std::move(f.w));
 }
 
 }  // namespace detail
@@ -133,7 +134,7 @@ requires backend_for<Backend, T>
   const index_t l = std::min(k + options.oversampling, m.cols());
   matrix<T, Backend> q(ctx, m.rows(), l);
   matrix<T, Backend> z(ctx, m.cols(), l);
-  Eigen::MatrixXd c;  // the deferred last pass: Q = Q1 C
+  matrix<double, Backend> c;  // the deferred last pass: Q = Q1 C
   detail::subspace_iteration(ctx, m, random_stream{options.seed, 0}, options.power_iterations,
                              q.view(), z.view(), fn, &c);
   m.apply_transposed(ctx, as_const(q.view()), z.view());  // B1^T = M^T Q1

@@ -53,7 +53,7 @@ template <class T, class Backend>
 void subspace_iteration(context<Backend>& ctx, const oriented_operator<T, Backend>& m,
                         random_stream stream, index_t q, matrix_view<T, Backend> y,
                         matrix_view<T, Backend> z, const char* function,
-                        Eigen::MatrixXd* c = nullptr) {
+                        matrix<double, Backend>* c = nullptr) {
   ops<Backend>::fill_random(ctx, distribution::gaussian, stream, z, 0, 0);
   m.apply(ctx, as_const(z), y);
   // Any NaN or Inf in A reaches Y through the dense Gaussian Omega, so checking
@@ -65,7 +65,7 @@ void subspace_iteration(context<Backend>& ctx, const oriented_operator<T, Backen
     orthonormalize(ctx, z, orth_accuracy::basis);
     m.apply(ctx, as_const(z), y);
   }
-  detail::orthonormalize(ctx, y, orth_accuracy::orthonormal, nullptr, c);
+  detail::orthonormalize<T, Backend>(ctx, y, orth_accuracy::orthonormal, nullptr, c);
 }
 
 }  // namespace detail

@@ -354,6 +354,91 @@ TYPED_TEST(Ops, GramOfEmptyAIsZero) {
   }
 }
 
+// -------------------------------------------------------- cholesky_factor
+
+// R from the lower triangle of G (the upper one holds NaN and is never read),
+// in double: Cholesky is backward stable, R^T R = G + shift tr(G) I + E with
+// |E| <= gamma_{n+1} |R^T| |R| (Higham Theorem 10.3); 4 (n + 1) eps_double
+// bounds that and the reference's rounding. R R^{-1} = I to cond(R) n eps
+// (Higham 14.2); cond(R) = cond(Y) < 10 for this Gaussian Y, so 100 n eps.
+TYPED_TEST(Ops, CholeskyFactorOfAGramMatrix) {
+  using T = typename TestFixture::scalar_type;
+  using ops = typename TestFixture::ops_type;
+  using backend = typename TestFixture::backend_type;
+  const index_t n = 9;
+  const Eigen::MatrixXd y = rounded<T>(gaussian(40, n, 21));
+  const Eigen::MatrixXd g = rounded<T>(y.transpose() * y);
+  Eigen::MatrixXd lower = g;
+  lower.template triangularView<Eigen::StrictlyUpper>().setConstant(quiet_nan<double>());
+  const Eigen::MatrixXd identity = Eigen::MatrixXd::Identity(n, n);
+  for (const double shift : {0.0, 1e-3}) {
+    auto pg = this->pad(lower);
+    padded<double, backend> pr(this->ctx, n, n, quiet_nan<double>());
+    padded<double, backend> pri(this->ctx, n, n, quiet_nan<double>());
+    const lowrank::cholesky_status status =
+        ops::cholesky_factor(this->ctx, pg.cview(), shift, pr.view(), pri.view());
+    ASSERT_TRUE(status.ok) << "shift " << shift;
+    EXPECT_NEAR(status.deviation, (g - identity).norm(), 1e-13 * (g - identity).norm());
+    const Eigen::MatrixXd r = pr.host();
+    const Eigen::MatrixXd r_inv = pri.host();
+    EXPECT_TRUE(r.template triangularView<Eigen::StrictlyLower>().toDenseMatrix().isZero(0));
+    EXPECT_TRUE(r_inv.template triangularView<Eigen::StrictlyLower>().toDenseMatrix().isZero(0));
+    EXPECT_GT(r.diagonal().minCoeff(), 0);
+    const Eigen::MatrixXd target = g + shift * g.trace() * identity;
+    const Eigen::MatrixXd bound =
+        4.0 * double(n + 1) * eps<double> * (r.cwiseAbs().transpose() * r.cwiseAbs());
+    EXPECT_TRUE(((r.transpose() * r - target).cwiseAbs().array() <= bound.array()).all())
+        << "shift " << shift;
+    EXPECT_LE((r * r_inv - identity).cwiseAbs().maxCoeff(), 100.0 * double(n) * eps<double>);
+    EXPECT_TRUE(pr.padding_is(quiet_nan<double>()));
+    EXPECT_TRUE(pri.padding_is(quiet_nan<double>()));
+  }
+}
+
+// An indefinite, a singular and a non-finite G: ok is false, the deviation
+// is still reported (except where it is not finite).
+TYPED_TEST(Ops, CholeskyFactorReportsBreakdown) {
+  using ops = typename TestFixture::ops_type;
+  using backend = typename TestFixture::backend_type;
+  const index_t n = 3;
+  padded<double, backend> pr(this->ctx, n, n, 0.0);
+  padded<double, backend> pri(this->ctx, n, n, 0.0);
+  const Eigen::MatrixXd indefinite = Eigen::Vector3d(1, -1, 1).asDiagonal();
+  auto pi = this->pad(indefinite);
+  const auto a = ops::cholesky_factor(this->ctx, pi.cview(), 0.0, pr.view(), pri.view());
+  EXPECT_FALSE(a.ok);
+  EXPECT_DOUBLE_EQ(a.deviation, 2.0);
+  const Eigen::MatrixXd singular = Eigen::Vector3d(1, 0, 1).asDiagonal();
+  auto ps = this->pad(singular);
+  EXPECT_FALSE(ops::cholesky_factor(this->ctx, ps.cview(), 0.0, pr.view(), pri.view()).ok);
+  // The shift makes the singular matrix definite.
+  EXPECT_TRUE(ops::cholesky_factor(this->ctx, ps.cview(), 1e-6, pr.view(), pri.view()).ok);
+  Eigen::MatrixXd nan = Eigen::MatrixXd::Identity(n, n);
+  nan(2, 0) = quiet_nan<double>();
+  auto pn = this->pad(nan);
+  EXPECT_FALSE(ops::cholesky_factor(this->ctx, pn.cview(), 0.0, pr.view(), pri.view()).ok);
+  auto pe = this->pad(Eigen::MatrixXd(0, 0));
+  padded<double, backend> empty(this->ctx, 0, 0, 0.0);
+  EXPECT_TRUE(ops::cholesky_factor(this->ctx, pe.cview(), 0.0, empty.view(), empty.view()).ok);
+}
+
+// convert rounds once (to nearest) from double to T, and widens exactly.
+TYPED_TEST(Ops, ConvertBetweenPrecisions) {
+  using T = typename TestFixture::scalar_type;
+  using ops = typename TestFixture::ops_type;
+  using backend = typename TestFixture::backend_type;
+  const Eigen::MatrixXd x = gaussian(7, 5, 22);
+  padded<double, backend> px(this->ctx, x, quiet_nan<double>());
+  auto pt = this->pad(7, 5);
+  ops::convert(this->ctx, px.cview(), pt.view());
+  EXPECT_EQ(pt.host(), rounded<T>(x));
+  EXPECT_TRUE(pt.padding_is(quiet_nan<T>()));
+  padded<double, backend> back(this->ctx, 7, 5, quiet_nan<double>());
+  ops::convert(this->ctx, pt.cview(), back.view());
+  EXPECT_EQ(back.host(), rounded<T>(x));
+  EXPECT_TRUE(back.padding_is(quiet_nan<double>()));
+}
+
 // ---------------------------------------------------------- multiply_right
 
 TYPED_TEST(Ops, MultiplyRight) {

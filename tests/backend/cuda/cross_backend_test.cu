@@ -149,6 +149,81 @@ TYPED_TEST(cross_backend, operations_match_the_cpu) {
   EXPECT_EQ(signs.to_eigen(), host_signs);
 }
 
+// The small factorisations the algorithms run on the device: the Cholesky QR
+// factor (in double on both backends: R agrees to the conditioning of the
+// factorisation, cond(R) eps_double n, here < 1e-11 relative), its breakdown
+// report, convert (bit-identical), and the SVD by both of its methods
+// (ops<cuda>::svd: gesvdj in double for small float matrices, gesvd
+// otherwise), whose singular values agree with the CPU's to n eps s_1 (Weyl)
+// and whose factors are orthonormal to n eps.
+TYPED_TEST(cross_backend, small_factorizations_match_the_cpu) {
+  using T = TypeParam;
+  context<cuda> gpu;
+  context<cpu> host(2);
+  const double eps = std::numeric_limits<T>::epsilon();
+  const host_matrix<T> y = host_matrix<T>::Random(300, 74);
+  const host_matrix<T> g = y.transpose() * y;
+  const matrix<T, cuda> gg(gpu, g);
+  for (const double shift : {0.0, 1e-6}) {
+    matrix<double, cuda> gr(gpu, 74, 74);
+    matrix<double, cuda> gri(gpu, 74, 74);
+    const auto on_gpu = ops<cuda>::cholesky_factor(gpu, gg.view(), shift, gr.view(), gri.view());
+    Eigen::MatrixXd r(74, 74);
+    Eigen::MatrixXd ri(74, 74);
+    const auto on_cpu = ops<cpu>::cholesky_factor(host, view(g), shift, view(r), view(ri));
+    ASSERT_TRUE(on_gpu.ok && on_cpu.ok) << "shift " << shift;
+    EXPECT_NEAR(on_gpu.deviation, on_cpu.deviation, 1e-12 * on_cpu.deviation);
+    EXPECT_LE((gr.to_eigen() - r).norm(), 1e-11 * r.norm());
+    EXPECT_LE((gri.to_eigen() - ri).norm(), 1e-11 * ri.norm());
+    EXPECT_EQ(Eigen::MatrixXd(gr.to_eigen().template triangularView<Eigen::StrictlyLower>()),
+              Eigen::MatrixXd::Zero(74, 74));
+  }
+  host_matrix<T> indefinite = host_matrix<T>::Identity(5, 5);
+  indefinite(3, 3) = T(-1);
+  const matrix<T, cuda> gi(gpu, indefinite);
+  matrix<double, cuda> r5(gpu, 5, 5);
+  matrix<double, cuda> ri5(gpu, 5, 5);
+  const auto broken = ops<cuda>::cholesky_factor(gpu, gi.view(), 0.0, r5.view(), ri5.view());
+  EXPECT_FALSE(broken.ok);
+  EXPECT_DOUBLE_EQ(broken.deviation, 2.0);
+
+  const Eigen::MatrixXd d = Eigen::MatrixXd::Random(9, 7) * 1e3;
+  const matrix<double, cuda> gd(gpu, d);
+  matrix<T, cuda> gt(gpu, 9, 7);
+  ops<cuda>::convert(gpu, gd.view(), gt.view());
+  EXPECT_EQ(gt.to_eigen(), host_matrix<T>(d.template cast<T>()));
+
+  struct shape {
+    index_t m;
+    index_t n;
+  };
+  for (const shape sh : {shape{74, 74}, shape{200, 200}, shape{300, 140}, shape{140, 300},
+                         shape{600, 500}}) {
+    const host_matrix<T> m = host_matrix<T>::Random(sh.m, sh.n);
+    const index_t k = std::min(sh.m, sh.n);
+    const matrix<T, cuda> gm(gpu, m);
+    matrix<T, cuda> gu(gpu, sh.m, k);
+    matrix<T, cuda> gv(gpu, sh.n, k);
+    vector<T, cuda> gs(gpu, k);
+    ops<cuda>::svd(gpu, gm.view(), gu.view(), gs.view(), gv.view());
+    host_matrix<T> u(sh.m, k);
+    host_matrix<T> v(sh.n, k);
+    Eigen::Matrix<T, Eigen::Dynamic, 1> s(k);
+    ops<cpu>::svd(host, view(m), view(u), vector_view<T, cpu>(s.data(), k), view(v));
+    const Eigen::VectorXd sg = gs.to_eigen().template cast<double>();
+    const double n_eps = eps * double(std::max(sh.m, sh.n));
+    EXPECT_LE((sg - s.template cast<double>()).cwiseAbs().maxCoeff(), 10 * n_eps * s(0))
+        << sh.m << " x " << sh.n;
+    const Eigen::MatrixXd ug = download(gpu, gu).template cast<double>();
+    const Eigen::MatrixXd vg = download(gpu, gv).template cast<double>();
+    EXPECT_LE(orthonormality_error(ug), 10 * n_eps) << sh.m << " x " << sh.n;
+    EXPECT_LE(orthonormality_error(vg), 10 * n_eps) << sh.m << " x " << sh.n;
+    EXPECT_LE((ug * sg.asDiagonal() * vg.transpose() - m.template cast<double>()).norm(),
+              10 * n_eps * m.template cast<double>().norm())
+        << sh.m << " x " << sh.n;
+  }
+}
+
 // The same seed gives the same decomposition on both backends, to rounding:
 // singular values within a few eps of s_1 (times the dimension), and the
 // same rank-k approximation.

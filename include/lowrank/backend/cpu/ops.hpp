@@ -415,6 +415,49 @@ struct ops<cpu> {
 #endif
   }
 
+  /// The factor of one Cholesky QR pass (backend_for): G's lower triangle in
+  /// double, Eigen's LLT, R^{-1} by invert_upper.
+  template <scalar T>
+  static cholesky_status cholesky_factor(context<cpu>& /*ctx*/, matrix_view<const T, cpu> g,
+                                         double shift,
+                                         matrix_view<double, cpu> r,
+                                         matrix_view<double, cpu> r_inv) {
+    const index_t n = g.rows();
+    LOWRANK_ASSERT(g.cols() == n && r.rows() == n && r.cols() == n && r_inv.rows() == n &&
+                   r_inv.cols() == n);
+    Eigen::MatrixXd a =
+        as_eigen(g).template cast<double>().template selfadjointView<Eigen::Lower>();
+    cholesky_status status;
+    status.deviation = (a - Eigen::MatrixXd::Identity(n, n)).norm();
+    if (n == 0) {
+      status.ok = true;
+      return status;
+    }
+    const double trace = a.trace();
+    if (!std::isfinite(trace) || !std::isfinite(status.deviation)) return status;
+    if (shift != 0) a.diagonal().array() += shift * trace;
+    Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>, Eigen::Lower> llt(a);
+    if (llt.info() != Eigen::Success) return status;
+    const auto diagonal = a.diagonal();
+    if (!(diagonal.minCoeff() > 0) || !std::isfinite(diagonal.maxCoeff())) return status;
+    Eigen::MatrixXd upper = a.template triangularView<Eigen::Lower>().transpose();
+    as_eigen(r) = upper;
+    invert_upper(upper);
+    as_eigen(r_inv) = upper;
+    // Y R^{-1} is formed in precision T: an entry of R^{-1} that overflows
+    // there would turn Y into Inf.
+    status.ok = upper.cwiseAbs().maxCoeff() < double(std::numeric_limits<T>::max());
+    return status;
+  }
+
+  /// dst = src rounded to dst's element type.
+  template <class S, scalar D>
+  requires scalar<std::remove_const_t<S>>
+  static void convert(context<cpu>& /*ctx*/, matrix_view<S, cpu> src, matrix_view<D, cpu> dst) {
+    LOWRANK_ASSERT(src.rows() == dst.rows() && src.cols() == dst.cols());
+    as_eigen(dst) = as_eigen(src).template cast<D>();
+  }
+
   /// Householder QR Y = Q R of Y (m x n, m >= n): Y becomes the thin Q and
   /// r (n x n) receives R (zeros below the diagonal). LAPACK geqrf + orgqr
   /// when linked, Eigen's blocked HouseholderQR otherwise.

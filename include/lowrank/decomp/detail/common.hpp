@@ -22,11 +22,6 @@ namespace lowrank::detail {
 template <class Dependent>
 using host_context = context<std::conditional_t<sizeof(Dependent) != 0, cpu, void>>;
 
-/// The CPU operation table, named the same way: the algorithms' small l x l
-/// steps run on the host for every backend.
-template <class Dependent>
-using host_ops = ops<std::conditional_t<sizeof(Dependent) != 0, cpu, void>>;
-
 /// M = op(A) as a linear operator.
 template <class T, class Backend>
 struct oriented_operator {

@@ -7,20 +7,20 @@
 /// ```
 /// Q R = X        orthonormalize X in place (CholQR2 with its fallbacks, the
 ///                second pass deferred: Q = X' C); R is the product of the
-///                passes' triangular factors, kept on the host
-/// R = U S V^T    the l x l SVD, on the host
+///                passes' triangular factors, in double
+/// R = U S V^T    the l x l SVD, in precision T (R's entries carry T's
+///                rounding already)
 /// W = Q U = X' (C U)
 /// ```
-/// Only products and Cholesky QR touch the rows x l data, so this runs at
-/// BLAS-3 speed on every backend (a direct SVD of X would first do a
-/// Householder QR with level-2 panels).
-/// Cost: about 8 rows l^2 flops plus O(l^3) on the host; memory rows x keep + 2 l^2.
+/// Every step runs on the backend (on a GPU, nothing but the passes' status
+/// crosses to the host). Only products and Cholesky QR touch the rows x l
+/// data, so this runs at BLAS-3 speed on every backend (a direct SVD of X
+/// would first do a Householder QR with level-2 panels).
+/// Cost: about 8 rows l^2 flops plus O(l^3); memory rows x keep + O(l^2).
 
-#include <Eigen/Core>
-#include <type_traits>
+#include <utility>
 
 #include "lowrank/core/concepts.hpp"
-#include "lowrank/core/eigen.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
 #include "lowrank/decomp/detail/common.hpp"
@@ -28,45 +28,52 @@
 
 namespace lowrank::detail {
 
-/// The leading `keep` singular triplets of X P (see tall_svd).
+/// The leading `keep` singular triplets of X P (see tall_svd), on the backend.
 template <class T, class Backend>
 struct tall_svd_factors {
-  matrix<T, Backend> w;                   ///< rows x keep, orthonormal columns
-  Eigen::Matrix<T, Eigen::Dynamic, 1> s;  ///< keep values, descending (host)
-  Eigen::MatrixXd v;                      ///< l x keep, orthonormal columns (host)
+  matrix<T, Backend> w;       ///< rows x keep, orthonormal columns
+  vector<T, Backend> s;       ///< keep values, descending
+  matrix<double, Backend> v;  ///< l x keep, orthonormal columns
 };
 
 /// X P = W diag(s) V^T truncated to `keep` triplets, for X (rows x l,
-/// destroyed) and a small l x l matrix P on the host (the identity when null):
-/// X = Q R by CholQR2 with its last pass deferred (Q = X' C), then the SVD of
-/// the l x l R P on the host, W = X' (C U).
+/// destroyed) and a small l x l matrix P on the backend (the identity when
+/// null or empty): X = Q R by CholQR2 with its last pass deferred (Q = X' C),
+/// then the SVD of the l x l R P, W = X' (C U).
 template <class T, class Backend>
 tall_svd_factors<T, Backend> tall_svd(context<Backend>& ctx, matrix_view<T, Backend> x,
-                                      index_t keep, const Eigen::MatrixXd* p = nullptr) {
+                                      index_t keep,
+                                      const matrix<double, Backend>* p = nullptr) {
   const index_t rows = x.rows();
   const index_t l = x.cols();
   LOWRANK_ASSERT(rows >= l && keep >= 0 && keep <= l);
-  Eigen::MatrixXd r;
-  Eigen::MatrixXd c;
+  matrix<double, Backend> r;
+  matrix<double, Backend> c;
   orthonormalize(ctx, x, orth_accuracy::orthonormal, &r, &c);
-  if (p != nullptr) r = r * *p;
+  if (p != nullptr && p->rows() != 0) r = times(ctx, as_const(r.view()), p->view());
 
-  // The l x l SVD in precision T: R's entries carry T's rounding already.
-  const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> rt = r.template cast<T>();
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> u(l, l);
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> v(l, l);
-  Eigen::Matrix<T, Eigen::Dynamic, 1> s(l);
-  host_context<T> host(1);
-  host_ops<T>::svd(host, view(rt), view(u), vector_view<T, cpu>(s.data(), l), view(v));
+  matrix<T, Backend> rt(ctx, l, l);
+  ops<Backend>::convert(ctx, as_const(r.view()), rt.view());
+  matrix<T, Backend> u(ctx, l, l);
+  matrix<T, Backend> v(ctx, l, l);
+  vector<T, Backend> s(ctx, l);
+  ops<Backend>::svd(ctx, as_const(rt.view()), u.view(), s.view(), v.view());
 
-  const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> cu =
-      (c * u.leftCols(keep).template cast<double>()).template cast<T>();
-  matrix<T, Backend> cu_device(ctx, l, keep);
-  ops<Backend>::upload(ctx, view(cu), cu_device.view());
-  tall_svd_factors<T, Backend> out{matrix<T, Backend>(ctx, rows, keep), s.head(keep),
-                                   v.leftCols(keep).template cast<double>()};
-  ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), as_const(x),
-                     as_const(cu_device.view()), T(0), out.w.view());
+  tall_svd_factors<T, Backend> out{matrix<T, Backend>(ctx, rows, keep), vector<T, Backend>(ctx, keep),
+                                   matrix<double, Backend>(ctx, l, keep)};
+  ops<Backend>::copy(ctx, as_const(s.view().segment(0, keep).as_matrix()), out.s.view().as_matrix());
+  ops<Backend>::convert(ctx, as_const(v.view().left_cols(keep)), out.v.view());
+  // C U, rounded to T once.
+  matrix<T, Backend> cu(ctx, l, keep);
+  if (c.rows() == 0) {
+    ops<Backend>::copy(ctx, as_const(u.view().left_cols(keep)), cu.view());
+  } else {
+    matrix<double, Backend> uk(ctx, l, keep);
+    ops<Backend>::convert(ctx, as_const(u.view().left_cols(keep)), uk.view());
+    ops<Backend>::convert(ctx, as_const(times(ctx, as_const(c.view()), as_const(uk.view())).view()), cu.view());
+  }
+  ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), as_const(x), as_const(cu.view()),
+                     T(0), out.w.view());
   return out;
 }
 

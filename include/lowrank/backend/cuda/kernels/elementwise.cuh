@@ -39,4 +39,15 @@ __global__ void upper_triangle(const T* y, index_t ldy, T* r, index_t ldr, index
   }
 }
 
+/// Dst = Src rounded to Dst's element type.
+template <class S, class D>
+__global__ void convert(const S* src, index_t lds, D* dst, index_t ldd, index_t rows,
+                        index_t cols) {
+  const index_t n = rows * cols;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += index_t(gridDim.x) * blockDim.x) {
+    dst[k % rows + (k / rows) * ldd] = static_cast<D>(src[k % rows + (k / rows) * lds]);
+  }
+}
+
 }  // namespace lowrank::detail::kernels
