@@ -60,10 +60,10 @@ template <class T, class Backend>
 struct cholqr_workspace {
   cholqr_workspace(context<Backend>& ctx, index_t l)
       : gram(ctx, l, l), r(ctx, l, l), r_inv(ctx, l, l), r_inv_t(ctx, l, l) {}
-  matrix<T, Backend> gram;         ///< Y^T Y (lower triangle)
-  matrix<double, Backend> r;       ///< the pass's R
-  matrix<double, Backend> r_inv;   ///< R^{-1}
-  matrix<T, Backend> r_inv_t;      ///< R^{-1} rounded to T
+  matrix<T, Backend> gram;        ///< Y^T Y (lower triangle)
+  matrix<double, Backend> r;      ///< the pass's R
+  matrix<double, Backend> r_inv;  ///< R^{-1}
+  matrix<T, Backend> r_inv_t;     ///< R^{-1} rounded to T
 };
 
 /// One CholQR factor of Y (R^T R = Y^T Y, + shift I if `shifted`) into the

@@ -197,8 +197,8 @@ TYPED_TEST(cross_backend, small_factorizations_match_the_cpu) {
     index_t m;
     index_t n;
   };
-  for (const shape sh : {shape{74, 74}, shape{200, 200}, shape{300, 140}, shape{140, 300},
-                         shape{600, 500}}) {
+  for (const shape sh :
+       {shape{74, 74}, shape{200, 200}, shape{300, 140}, shape{140, 300}, shape{600, 500}}) {
     const host_matrix<T> m = host_matrix<T>::Random(sh.m, sh.n);
     const index_t k = std::min(sh.m, sh.n);
     const matrix<T, cuda> gm(gpu, m);

@@ -419,8 +419,7 @@ struct ops<cpu> {
   /// double, Eigen's LLT, R^{-1} by invert_upper.
   template <scalar T>
   static cholesky_status cholesky_factor(context<cpu>& /*ctx*/, matrix_view<const T, cpu> g,
-                                         double shift,
-                                         matrix_view<double, cpu> r,
+                                         double shift, matrix_view<double, cpu> r,
                                          matrix_view<double, cpu> r_inv) {
     const index_t n = g.rows();
     LOWRANK_ASSERT(g.cols() == n && r.rows() == n && r.cols() == n && r_inv.rows() == n &&

@@ -269,13 +269,13 @@ struct ops<cuda> {
     void* work = base + head;
     std::vector<char> host_work(std::max<std::size_t>(trtri_host, 1));
 
-    k::cholesky_prepare<T><<<1, k::block_threads, 0, ctx.stream()>>>(
-        g.data(), g.ld(), n, shift, r.data(), r.ld(), status);
+    k::cholesky_prepare<T><<<1, k::block_threads, 0, ctx.stream()>>>(g.data(), g.ld(), n, shift,
+                                                                     r.data(), r.ld(), status);
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::cholesky_factor: cholesky_prepare");
-    detail::check(cusolverDnDpotrf(ctx.solver(), CUBLAS_FILL_MODE_UPPER, ni, r.data(), ldr,
-                                   static_cast<double*>(work), std::max(potrf_work, 1),
-                                   &status->potrf_info),
-                  "lowrank::ops<cuda>::cholesky_factor: cusolverDnDpotrf");
+    detail::check(
+        cusolverDnDpotrf(ctx.solver(), CUBLAS_FILL_MODE_UPPER, ni, r.data(), ldr,
+                         static_cast<double*>(work), std::max(potrf_work, 1), &status->potrf_info),
+        "lowrank::ops<cuda>::cholesky_factor: cusolverDnDpotrf");
     k::cholesky_split<<<1, k::block_threads, 0, ctx.stream()>>>(r.data(), r.ld(), n, r_inv.data(),
                                                                 r_inv.ld(), status);
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::cholesky_factor: cholesky_split");
@@ -305,9 +305,9 @@ struct ops<cuda> {
   static void convert(context<cuda>& ctx, matrix_view<S, cuda> src, matrix_view<D, cuda> dst) {
     LOWRANK_ASSERT(src.rows() == dst.rows() && src.cols() == dst.cols());
     if (dst.empty()) return;
-    detail::kernels::convert<<<detail::kernels::grid_for(dst.size()), detail::kernels::block_threads,
-                               0, ctx.stream()>>>(src.data(), src.ld(), dst.data(), dst.ld(),
-                                                  dst.rows(), dst.cols());
+    detail::kernels::convert<<<detail::kernels::grid_for(dst.size()),
+                               detail::kernels::block_threads, 0, ctx.stream()>>>(
+        src.data(), src.ld(), dst.data(), dst.ld(), dst.rows(), dst.cols());
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::convert");
   }
 
@@ -355,11 +355,11 @@ struct ops<cuda> {
       convert(ctx, matrix_view<const T, cuda>(x, mt, nt), xd.view());
       cb::gesvdj_parameters jacobi(1e-9);
       int lwork = 0;
-      detail::check(cusolverDnDgesvdj_bufferSize(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, 1, m, n,
-                                                 xd.view().data(), m, sd.view().data(),
-                                                 ud.view().data(), m, vd.view().data(), n, &lwork,
-                                                 jacobi.get()),
-                    "lowrank::ops<cuda>::svd: cusolverDnDgesvdj_bufferSize");
+      detail::check(
+          cusolverDnDgesvdj_bufferSize(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, 1, m, n,
+                                       xd.view().data(), m, sd.view().data(), ud.view().data(), m,
+                                       vd.view().data(), n, &lwork, jacobi.get()),
+          "lowrank::ops<cuda>::svd: cusolverDnDgesvdj_bufferSize");
       lwork = std::max(lwork, 1);
       auto* work = static_cast<double*>(ctx.workspace(sizeof(double) * std::size_t(lwork)));
       detail::check(cusolverDnDgesvdj(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, 1, m, n,

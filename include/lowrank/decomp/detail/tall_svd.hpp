@@ -42,8 +42,7 @@ struct tall_svd_factors {
 /// then the SVD of the l x l R P, W = X' (C U).
 template <class T, class Backend>
 tall_svd_factors<T, Backend> tall_svd(context<Backend>& ctx, matrix_view<T, Backend> x,
-                                      index_t keep,
-                                      const matrix<double, Backend>* p = nullptr) {
+                                      index_t keep, const matrix<double, Backend>* p = nullptr) {
   const index_t rows = x.rows();
   const index_t l = x.cols();
   LOWRANK_ASSERT(rows >= l && keep >= 0 && keep <= l);
@@ -59,9 +58,11 @@ tall_svd_factors<T, Backend> tall_svd(context<Backend>& ctx, matrix_view<T, Back
   vector<T, Backend> s(ctx, l);
   ops<Backend>::svd(ctx, as_const(rt.view()), u.view(), s.view(), v.view());
 
-  tall_svd_factors<T, Backend> out{matrix<T, Backend>(ctx, rows, keep), vector<T, Backend>(ctx, keep),
+  tall_svd_factors<T, Backend> out{matrix<T, Backend>(ctx, rows, keep),
+                                   vector<T, Backend>(ctx, keep),
                                    matrix<double, Backend>(ctx, l, keep)};
-  ops<Backend>::copy(ctx, as_const(s.view().segment(0, keep).as_matrix()), out.s.view().as_matrix());
+  ops<Backend>::copy(ctx, as_const(s.view().segment(0, keep).as_matrix()),
+                     out.s.view().as_matrix());
   ops<Backend>::convert(ctx, as_const(v.view().left_cols(keep)), out.v.view());
   // C U, rounded to T once.
   matrix<T, Backend> cu(ctx, l, keep);
@@ -70,7 +71,8 @@ tall_svd_factors<T, Backend> tall_svd(context<Backend>& ctx, matrix_view<T, Back
   } else {
     matrix<double, Backend> uk(ctx, l, keep);
     ops<Backend>::convert(ctx, as_const(u.view().left_cols(keep)), uk.view());
-    ops<Backend>::convert(ctx, as_const(times(ctx, as_const(c.view()), as_const(uk.view())).view()), cu.view());
+    ops<Backend>::convert(ctx, as_const(times(ctx, as_const(c.view()), as_const(uk.view())).view()),
+                          cu.view());
   }
   ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), as_const(x), as_const(cu.view()),
                      T(0), out.w.view());

@@ -16,12 +16,12 @@ namespace lowrank::detail::kernels {
 /// What the factor's kernels and cuSOLVER calls report, in device memory;
 /// read back once per factor.
 struct cholesky_device_status {
-  double deviation;   ///< ||G - I||_F
-  int input_finite;   ///< tr(G) and the deviation are finite
-  int potrf_info;     ///< cuSOLVER potrf's devInfo
-  int diagonal_ok;    ///< R's diagonal is positive and finite
-  int trtri_info;     ///< cuSOLVER trtri's devInfo
-  int inverse_ok;     ///< every |R^{-1}(i, j)| is below the target type's largest value
+  double deviation;  ///< ||G - I||_F
+  int input_finite;  ///< tr(G) and the deviation are finite
+  int potrf_info;    ///< cuSOLVER potrf's devInfo
+  int diagonal_ok;   ///< R's diagonal is positive and finite
+  int trtri_info;    ///< cuSOLVER trtri's devInfo
+  int inverse_ok;    ///< every |R^{-1}(i, j)| is below the target type's largest value
 };
 
 /// A (n x n, double) = the symmetric matrix whose lower triangle is G's,
