@@ -26,8 +26,9 @@
 /// products of the factors) run on the backend as well (`ops::cholesky_factor`):
 /// on a GPU nothing crosses to the host but the pass's status (one
 /// synchronisation a pass).
-/// Cost: 3 m l^2 flops a pass (2 passes for `orthonormal`); memory: 3 l^2 (+ an
-/// m x l copy only on the Householder path without LAPACK).
+/// Cost: 3 m l^2 flops a pass (4 on CUDA, whose Gram matrix is a full gemm; 2
+/// passes for `orthonormal`); memory: 3 l^2 (+ an m x l copy only on the
+/// Householder path without LAPACK).
 
 #include <limits>
 #include <utility>
