@@ -153,8 +153,8 @@ TYPED_TEST(cross_backend, operations_match_the_cpu) {
 // factor (in double on both backends: R agrees to the conditioning of the
 // factorisation, cond(R) eps_double n, here < 1e-11 relative), its breakdown
 // report, convert (bit-identical), and the SVD by both of its methods
-// (ops<cuda>::svd: gesvdj in double for small float matrices, gesvd
-// otherwise), whose singular values agree with the CPU's to n eps s_1 (Weyl)
+// (ops<cuda>::svd: an eigendecomposition in double for small float
+// matrices, gesvd otherwise), whose singular values agree with the CPU's to n eps s_1 (Weyl)
 // and whose factors are orthonormal to n eps.
 TYPED_TEST(cross_backend, small_factorizations_match_the_cpu) {
   using T = TypeParam;

@@ -123,25 +123,6 @@ inline cusolverStatus_t gesvd(cusolverDnHandle_t h, int m, int n, double* a, int
   return cusolverDnDgesvd(h, 'S', 'S', m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, rwork, info);
 }
 
-/// gesvdj's parameters (RAII).
-class gesvdj_parameters {
- public:
-  /// Parameters with the convergence tolerance `tolerance`.
-  explicit gesvdj_parameters(double tolerance) {
-    detail::check(cusolverDnCreateGesvdjInfo(&p_),
-                  "lowrank::ops<cuda>::svd: cusolverDnCreateGesvdjInfo");
-    detail::check(cusolverDnXgesvdjSetTolerance(p_, tolerance),
-                  "lowrank::ops<cuda>::svd: cusolverDnXgesvdjSetTolerance");
-  }
-  gesvdj_parameters(const gesvdj_parameters&) = delete;
-  gesvdj_parameters& operator=(const gesvdj_parameters&) = delete;
-  ~gesvdj_parameters() { cusolverDnDestroyGesvdjInfo(p_); }
-  [[nodiscard]] gesvdjInfo_t get() const noexcept { return p_; }
-
- private:
-  gesvdjInfo_t p_ = nullptr;
-};
-
 /// A dimension as cuSOLVER's legacy 32-bit int.
 inline int to_int(index_t value, const char* function, const char* what) {
   if (value > std::numeric_limits<int>::max()) {
@@ -313,11 +294,17 @@ struct ops<cuda> {
 
   /// Thin SVD A = U diag(s) V^T, on the tall one of A and A^T (X, mt x nt).
   /// - float, small X (mt nt <= 512^2, such as the l x l factors of the
-  ///   randomized SVDs): gesvdj (one-sided Jacobi) in double, converged to
-  ///   1e-9 relative, rounded to float. On an H200 (CUDA 13) it takes 2.4 ms
-  ///   at 74 x 74 and 12 ms at 266 x 266, against gesvd's 6.5 and 20 ms; in
-  ///   float, gesvdj's factors are orthonormal only to about n eps / 2, and
-  ///   gesvdp gave wrong singular values for ill-conditioned matrices.
+  ///   randomized SVDs): in double, X^T X = V diag(s^2) V^T by syevd, then
+  ///   U = the Q of a Householder QR of X V (signs from R's diagonal), s =
+  ///   sqrt(max(eigenvalue, 0)); rounded to float. Squaring X costs nothing
+  ///   at float's precision: an eigenvalue errs by eps_double s_1^2, so every
+  ///   singular value errs by less than sqrt(eps_double) s_1 = 1.5e-8 s_1
+  ///   (float's own rounding: 6e-8 s_1), and V and U are orthonormal to double
+  ///   precision. On an H200 (CUDA 13) syevd takes 1.0 ms at 74 x 74 and 2.4
+  ///   ms at 266 x 266, against 2.4 and 12 ms for gesvdj in double and 6.5
+  ///   and 20 ms for gesvd (gesvdj in float gives factors orthonormal only to
+  ///   about n eps / 2; gesvdp gave wrong singular values for ill-conditioned
+  ///   matrices).
   /// - otherwise gesvd (QR iteration) in T.
   /// @throws lowrank::numerical_error if the method does not converge.
   template <scalar T>
@@ -346,28 +333,56 @@ struct ops<cuda> {
     };
 
     if (std::is_same_v<T, float> && mt * nt <= 512 * 512) {
+      namespace k = detail::kernels;
       matrix<double, cuda> xd(ctx, mt, nt);
-      matrix<double, cuda> ud(ctx, mt, nt);
-      matrix<double, cuda> vd(ctx, nt, nt);
+      matrix<double, cuda> e(ctx, nt, nt);   // X^T X, then its eigenvectors
+      matrix<double, cuda> vd(ctx, nt, nt);  // V (descending)
+      vector<double, cuda> w(ctx, nt);       // the eigenvalues (ascending)
       vector<double, cuda> sd(ctx, nt);
+      vector<double, cuda> tau(ctx, nt);
       T* x = static_cast<T*>(ctx.workspace(sizeof(T) * std::size_t(mt * nt)));
       load(x);
       convert(ctx, matrix_view<const T, cuda>(x, mt, nt), xd.view());
-      cb::gesvdj_parameters jacobi(1e-9);
+      gemm<double>(ctx, transpose::yes, transpose::no, 1.0, xd.view(), xd.view(), 0.0, e.view());
       int lwork = 0;
+      detail::check(cusolverDnDsyevd_bufferSize(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR,
+                                                CUBLAS_FILL_MODE_LOWER, n, e.view().data(), n,
+                                                w.view().data(), &lwork),
+                    "lowrank::ops<cuda>::svd: cusolverDnDsyevd_bufferSize");
+      int lwork_qr = 0;
+      int lwork_q = 0;
+      detail::check(cb::geqrf_buffer(ctx.solver(), m, n, xd.view().data(), m, &lwork_qr),
+                    "lowrank::ops<cuda>::svd: cusolverDnDgeqrf_bufferSize");
       detail::check(
-          cusolverDnDgesvdj_bufferSize(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, 1, m, n,
-                                       xd.view().data(), m, sd.view().data(), ud.view().data(), m,
-                                       vd.view().data(), n, &lwork, jacobi.get()),
-          "lowrank::ops<cuda>::svd: cusolverDnDgesvdj_bufferSize");
-      lwork = std::max(lwork, 1);
+          cb::orgqr_buffer(ctx.solver(), m, n, xd.view().data(), m, tau.view().data(), &lwork_q),
+          "lowrank::ops<cuda>::svd: cusolverDnDorgqr_bufferSize");
+      lwork = std::max({lwork, lwork_qr, lwork_q, 1});
       auto* work = static_cast<double*>(ctx.workspace(sizeof(double) * std::size_t(lwork)));
-      detail::check(cusolverDnDgesvdj(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, 1, m, n,
-                                      xd.view().data(), m, sd.view().data(), ud.view().data(), m,
-                                      vd.view().data(), n, work, lwork, ctx.info(), jacobi.get()),
-                    "lowrank::ops<cuda>::svd: cusolverDnDgesvdj");
-      check_info(ctx, "lowrank::ops<cuda>::svd: cusolverDnDgesvdj");
-      convert(ctx, as_const(ud.view()), left);
+      detail::check(
+          cusolverDnDsyevd(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n,
+                           e.view().data(), n, w.view().data(), work, lwork, ctx.info()),
+          "lowrank::ops<cuda>::svd: cusolverDnDsyevd");
+      check_info(ctx, "lowrank::ops<cuda>::svd: cusolverDnDsyevd");
+      k::descending_singular_pairs<<<k::grid_for(nt * nt), k::block_threads, 0, ctx.stream()>>>(
+          e.view().data(), nt, w.view().data(), nt, vd.view().data(), nt, sd.view().data());
+      detail::check(cudaGetLastError(), "lowrank::ops<cuda>::svd: descending_singular_pairs");
+      // X V = Q R: U = Q diag(sign(R_jj)) (R_jj is +-s_j to rounding).
+      matrix<double, cuda> q(ctx, mt, nt);
+      gemm<double>(ctx, transpose::no, transpose::no, 1.0, xd.view(), vd.view(), 0.0, q.view());
+      detail::check(cb::geqrf(ctx.solver(), m, n, q.view().data(), m, tau.view().data(), work,
+                              lwork, ctx.info()),
+                    "lowrank::ops<cuda>::svd: cusolverDnDgeqrf");
+      check_info(ctx, "lowrank::ops<cuda>::svd: cusolverDnDgeqrf");
+      vector<double, cuda> signs(ctx, nt);
+      k::diagonal_signs<<<k::grid_for(nt), k::block_threads, 0, ctx.stream()>>>(
+          q.view().data(), mt, nt, signs.view().data());
+      detail::check(cudaGetLastError(), "lowrank::ops<cuda>::svd: diagonal_signs");
+      detail::check(cb::orgqr(ctx.solver(), m, n, q.view().data(), m, tau.view().data(), work,
+                              lwork, ctx.info()),
+                    "lowrank::ops<cuda>::svd: cusolverDnDorgqr");
+      check_info(ctx, "lowrank::ops<cuda>::svd: cusolverDnDorgqr");
+      scale_columns<double>(ctx, signs.view(), q.view());
+      convert(ctx, as_const(q.view()), left);
       convert(ctx, as_const(vd.view()), right);
       convert(ctx, as_const(sd.view().as_matrix()), s.as_matrix());
       return;
