@@ -332,7 +332,8 @@ class comparison {
   }
 
 #if LOWRANK_COMPARE_CUDA
-  /// The GPU comparison: cuSOLVER's gesvd (through lowrank's backend) and
+  /// The GPU comparison: cuSOLVER's exact SVD (through lowrank's backend:
+  /// gesvd, or syevd + QR in double for small float matrices) and
   /// randomized gesvdr against lowrank's randomized SVDs on the device. Each
   /// time includes the stream's synchronisation; the factors are downloaded
   /// (untimed) to measure them like the CPU rows.
@@ -350,7 +351,8 @@ class comparison {
     };
 
     if (!o_.skip_exact) {
-      progress("exact SVD (cuSOLVER gesvd)");
+      const bool by_eigen = lowrank::ops<lowrank::cuda>::svd_by_eigen<T>(m, n);
+      progress(by_eigen ? "exact SVD (cuSOLVER syevd + QR)" : "exact SVD (cuSOLVER gesvd)");
       const index_t r = std::min(m, n);
       device_matrix u(gpu, m, r);
       device_matrix v(gpu, n, r);
@@ -364,8 +366,8 @@ class comparison {
       const column<T> hs = s.to_eigen();
       if (!reference_) reference_ = hs.template cast<double>();
       exact_seconds_ = seconds;
-      add("exact: cuSOLVER gesvd", seconds, u.to_eigen().leftCols(k), hs.head(k),
-          v.to_eigen().leftCols(k));
+      add(by_eigen ? "exact: cuSOLVER syevd + QR" : "exact: cuSOLVER gesvd", seconds,
+          u.to_eigen().leftCols(k), hs.head(k), v.to_eigen().leftCols(k));
     } else {
       ++step;
     }

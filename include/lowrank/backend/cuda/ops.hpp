@@ -292,6 +292,13 @@ struct ops<cuda> {
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::convert");
   }
 
+  /// Whether `svd` of an m x n matrix of T takes its small-float path
+  /// (syevd + QR in double, below) rather than gesvd.
+  template <scalar T>
+  [[nodiscard]] static constexpr bool svd_by_eigen(index_t m, index_t n) noexcept {
+    return std::is_same_v<T, float> && m * n <= 512 * 512;
+  }
+
   /// Thin SVD A = U diag(s) V^T, on the tall one of A and A^T (X, mt x nt).
   /// - float, small X (mt nt <= 512^2, such as the l x l factors of the
   ///   randomized SVDs): in double, X^T X = V diag(s^2) V^T by syevd, then
@@ -332,7 +339,7 @@ struct ops<cuda> {
       }
     };
 
-    if (std::is_same_v<T, float> && mt * nt <= 512 * 512) {
+    if (svd_by_eigen<T>(mt, nt)) {
       namespace k = detail::kernels;
       matrix<double, cuda> xd(ctx, mt, nt);
       matrix<double, cuda> e(ctx, nt, nt);   // X^T X, then its eigenvectors
