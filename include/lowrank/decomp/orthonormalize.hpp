@@ -27,8 +27,8 @@
 /// on a GPU nothing crosses to the host but the pass's status (one
 /// synchronisation a pass).
 /// Cost: 3 m l^2 flops a pass (4 on CUDA, whose Gram matrix is a full gemm; 2
-/// passes for `orthonormal`); memory: 3 l^2 (+ an m x l copy only on the
-/// Householder path without LAPACK).
+/// passes for `orthonormal`); memory: 4 l^2 (two of them in double; + an m x l
+/// copy only on the Householder path without LAPACK).
 
 #include <limits>
 #include <utility>

@@ -392,29 +392,6 @@ struct ops<cpu> {
     });
   }
 
-  /// R = R^{-1} for an upper-triangular R on the host (what lies below the
-  /// diagonal is ignored and zeroed): LAPACK trtri when linked, Eigen otherwise.
-  /// A host helper for the algorithms' small matrices, not a backend operation.
-  static void invert_upper(Eigen::MatrixXd& r) {
-    const index_t n = r.rows();
-    LOWRANK_ASSERT(r.cols() == n);
-    r.template triangularView<Eigen::StrictlyLower>().setZero();
-    if (n == 0) return;
-#if LOWRANK_HAS_LAPACK
-    const int ni = detail::lapack::to_int(n, "lowrank::ops<cpu>::invert_upper", "r.rows()");
-    int info = 0;
-    dtrtri_("U", "N", &ni, r.data(), &ni, &info, 1, 1);
-    if (info != 0) {
-      detail::throw_numerical_error("lowrank::ops<cpu>::invert_upper", "info", info,
-                                    "0 from LAPACK dtrtri (a non-zero diagonal)");
-    }
-#else
-    Eigen::MatrixXd inverse = Eigen::MatrixXd::Identity(n, n);
-    r.template triangularView<Eigen::Upper>().solveInPlace(inverse);
-    r = inverse;
-#endif
-  }
-
   /// The factor of one Cholesky QR pass (backend_for): G's lower triangle in
   /// double, Eigen's LLT, R^{-1} by invert_upper.
   template <scalar T>
@@ -847,6 +824,29 @@ struct ops<cpu> {
   }
 
  private:
+  /// R = R^{-1} for an upper-triangular R on the host (what lies below the
+  /// diagonal is ignored and zeroed): LAPACK trtri when linked, Eigen otherwise.
+  /// cholesky_factor's inverse (a helper, not a backend operation).
+  static void invert_upper(Eigen::MatrixXd& r) {
+    const index_t n = r.rows();
+    LOWRANK_ASSERT(r.cols() == n);
+    r.template triangularView<Eigen::StrictlyLower>().setZero();
+    if (n == 0) return;
+#if LOWRANK_HAS_LAPACK
+    const int ni = detail::lapack::to_int(n, "lowrank::ops<cpu>::invert_upper", "r.rows()");
+    int info = 0;
+    dtrtri_("U", "N", &ni, r.data(), &ni, &info, 1, 1);
+    if (info != 0) {
+      detail::throw_numerical_error("lowrank::ops<cpu>::invert_upper", "info", info,
+                                    "0 from LAPACK dtrtri (a non-zero diagonal)");
+    }
+#else
+    Eigen::MatrixXd inverse = Eigen::MatrixXd::Identity(n, n);
+    r.template triangularView<Eigen::Upper>().solveInPlace(inverse);
+    r = inverse;
+#endif
+  }
+
   enum class pass { check, merge, unmerge };
 
   template <class T>

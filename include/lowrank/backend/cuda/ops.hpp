@@ -350,7 +350,7 @@ struct ops<cuda> {
       T* x = static_cast<T*>(ctx.workspace(sizeof(T) * std::size_t(mt * nt)));
       load(x);
       convert(ctx, matrix_view<const T, cuda>(x, mt, nt), xd.view());
-      gemm<double>(ctx, transpose::yes, transpose::no, 1.0, xd.view(), xd.view(), 0.0, e.view());
+      gram<double>(ctx, xd.view(), e.view());
       int lwork = 0;
       detail::check(cusolverDnDsyevd_bufferSize(ctx.solver(), CUSOLVER_EIG_MODE_VECTOR,
                                                 CUBLAS_FILL_MODE_LOWER, n, e.view().data(), n,
