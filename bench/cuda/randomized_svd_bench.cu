@@ -194,6 +194,82 @@ BENCHMARK(randomized_svd_cuda)
     ->Unit(benchmark::kMillisecond)
     ->MinTime(1.0);
 
+/// Median milliseconds of `fn` (synchronised) over `reps` calls, after one warm-up.
+template <class F>
+double median_ms(lowrank::context<lowrank::cuda>& ctx, int reps, F&& fn) {
+  fn();
+  ctx.synchronize();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const auto start = clock_type::now();
+    fn();
+    ctx.synchronize();
+    t.push_back(seconds_since(start));
+  }
+  return 1e3 * median(t);
+}
+
+// The small steps of a randomized SVD with l = k + p columns, each timed
+// alone (milliseconds, median): the Cholesky QR factor of an l x l Gram
+// matrix (ops::cholesky_factor), the l x l SVD (ops::svd), one Cholesky QR
+// pass and CholQR2 on a 4096 x l block (orthonormalize), and a bare stream
+// synchronisation. It shows where the time beyond the GEMM passes goes.
+void small_steps_cuda(benchmark::State& state) {
+  if (!lowrank::context<lowrank::cuda>::device_available()) {
+    state.SkipWithError("no CUDA device visible");
+    return;
+  }
+  const index_t l = state.range(0);
+  const index_t rows = 4096;
+  lowrank::context<lowrank::cuda> ctx;
+  device_matrix y0(ctx, rows, l);
+  ops::fill_random(ctx, lowrank::distribution::gaussian, {7, 0}, y0.view());
+  device_matrix y(ctx, rows, l);
+  device_matrix g(ctx, l, l);
+  ops::gram<float>(ctx, y0.view(), g.view());
+  lowrank::matrix<double, lowrank::cuda> r(ctx, l, l);
+  lowrank::matrix<double, lowrank::cuda> r_inv(ctx, l, l);
+  device_matrix rf(ctx, l, l);
+  device_matrix u(ctx, l, l);
+  device_matrix v(ctx, l, l);
+  device_vector s(ctx, l);
+  const double cholesky = median_ms(ctx, 20, [&] {
+    if (!ops::cholesky_factor<float>(ctx, g.view(), 0.0, r.view(), r_inv.view()).ok) {
+      state.SkipWithError("cholesky_factor failed");
+    }
+  });
+  ops::convert(ctx, r.view(), rf.view());
+  const double svd =
+      median_ms(ctx, 20, [&] { ops::svd<float>(ctx, rf.view(), u.view(), s.view(), v.view()); });
+  const auto orth = [&](lowrank::orth_accuracy accuracy) {
+    return median_ms(ctx, 20, [&] {
+      ops::copy<float>(ctx, y0.view(), y.view());
+      lowrank::orthonormalize(ctx, y.view(), accuracy);
+    });
+  };
+  const double copy = median_ms(ctx, 20, [&] { ops::copy<float>(ctx, y0.view(), y.view()); });
+  const double basis = orth(lowrank::orth_accuracy::basis) - copy;
+  const double orthonormal = orth(lowrank::orth_accuracy::orthonormal) - copy;
+  const double sync = median_ms(ctx, 50, [] {});
+  for (auto _ : state) {
+    state.SetIterationTime(1e-3 * cholesky);
+  }
+  state.counters["cholesky_ms"] = cholesky;
+  state.counters["svd_ms"] = svd;
+  state.counters["cholqr_ms"] = basis;
+  state.counters["cholqr2_ms"] = orthonormal;
+  state.counters["sync_ms"] = sync;
+}
+
+BENCHMARK(small_steps_cuda)
+    ->ArgNames({"l"})
+    ->Arg(74)
+    ->Arg(138)
+    ->Arg(266)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(1);
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -161,31 +161,45 @@ TYPED_TEST(cross_backend, small_factorizations_match_the_cpu) {
   context<cuda> gpu;
   context<cpu> host(2);
   const double eps = std::numeric_limits<T>::epsilon();
-  const host_matrix<T> y = host_matrix<T>::Random(300, 74);
-  const host_matrix<T> g = y.transpose() * y;
-  const matrix<T, cuda> gg(gpu, g);
-  for (const double shift : {0.0, 1e-6}) {
-    matrix<double, cuda> gr(gpu, 74, 74);
-    matrix<double, cuda> gri(gpu, 74, 74);
-    const auto on_gpu = ops<cuda>::cholesky_factor(gpu, gg.view(), shift, gr.view(), gri.view());
-    Eigen::MatrixXd r(74, 74);
-    Eigen::MatrixXd ri(74, 74);
-    const auto on_cpu = ops<cpu>::cholesky_factor(host, view(g), shift, view(r), view(ri));
-    ASSERT_TRUE(on_gpu.ok && on_cpu.ok) << "shift " << shift;
-    EXPECT_NEAR(on_gpu.deviation, on_cpu.deviation, 1e-12 * on_cpu.deviation);
-    EXPECT_LE((gr.to_eigen() - r).norm(), 1e-11 * r.norm());
-    EXPECT_LE((gri.to_eigen() - ri).norm(), 1e-11 * ri.norm());
-    EXPECT_EQ(Eigen::MatrixXd(gr.to_eigen().template triangularView<Eigen::StrictlyLower>()),
-              Eigen::MatrixXd::Zero(74, 74));
+  // 74 and 128: the one-kernel factor (cholesky_fused); 129 and 200: potrf + trtri.
+  for (const index_t n : {index_t(74), index_t(128), index_t(129), index_t(200)}) {
+    const host_matrix<T> y = host_matrix<T>::Random(3 * n, n);
+    const host_matrix<T> g = y.transpose() * y;
+    const matrix<T, cuda> gg(gpu, g);
+    for (const double shift : {0.0, 1e-6}) {
+      matrix<double, cuda> gr(gpu, n, n);
+      matrix<double, cuda> gri(gpu, n, n);
+      const auto on_gpu = ops<cuda>::cholesky_factor(gpu, gg.view(), shift, gr.view(), gri.view());
+      Eigen::MatrixXd r(n, n);
+      Eigen::MatrixXd ri(n, n);
+      const auto on_cpu = ops<cpu>::cholesky_factor(host, view(g), shift, view(r), view(ri));
+      ASSERT_TRUE(on_gpu.ok && on_cpu.ok) << "n " << n << ", shift " << shift;
+      EXPECT_NEAR(on_gpu.deviation, on_cpu.deviation, 1e-12 * on_cpu.deviation) << "n " << n;
+      EXPECT_LE((gr.to_eigen() - r).norm(), 1e-11 * r.norm()) << "n " << n;
+      EXPECT_LE((gri.to_eigen() - ri).norm(), 1e-11 * ri.norm()) << "n " << n;
+      EXPECT_EQ(Eigen::MatrixXd(gr.to_eigen().template triangularView<Eigen::StrictlyLower>()),
+                Eigen::MatrixXd::Zero(n, n))
+          << "n " << n;
+      EXPECT_EQ(Eigen::MatrixXd(gri.to_eigen().template triangularView<Eigen::StrictlyLower>()),
+                Eigen::MatrixXd::Zero(n, n))
+          << "n " << n;
+    }
+    // Breakdown, on both paths: an indefinite G (a negative pivot at n / 2)
+    // and a NaN.
+    host_matrix<T> indefinite = host_matrix<T>::Identity(n, n);
+    indefinite(n / 2, n / 2) = T(-1);
+    const matrix<T, cuda> gi(gpu, indefinite);
+    matrix<double, cuda> rb(gpu, n, n);
+    matrix<double, cuda> rib(gpu, n, n);
+    const auto broken = ops<cuda>::cholesky_factor(gpu, gi.view(), 0.0, rb.view(), rib.view());
+    EXPECT_FALSE(broken.ok) << "n " << n;
+    EXPECT_DOUBLE_EQ(broken.deviation, 2.0) << "n " << n;
+    host_matrix<T> not_finite = host_matrix<T>::Identity(n, n);
+    not_finite(n - 1, 0) = std::numeric_limits<T>::quiet_NaN();
+    const matrix<T, cuda> gn(gpu, not_finite);
+    EXPECT_FALSE(ops<cuda>::cholesky_factor(gpu, gn.view(), 0.0, rb.view(), rib.view()).ok)
+        << "n " << n;
   }
-  host_matrix<T> indefinite = host_matrix<T>::Identity(5, 5);
-  indefinite(3, 3) = T(-1);
-  const matrix<T, cuda> gi(gpu, indefinite);
-  matrix<double, cuda> r5(gpu, 5, 5);
-  matrix<double, cuda> ri5(gpu, 5, 5);
-  const auto broken = ops<cuda>::cholesky_factor(gpu, gi.view(), 0.0, r5.view(), ri5.view());
-  EXPECT_FALSE(broken.ok);
-  EXPECT_DOUBLE_EQ(broken.deviation, 2.0);
 
   const Eigen::MatrixXd d = Eigen::MatrixXd::Random(9, 7) * 1e3;
   const matrix<double, cuda> gd(gpu, d);
@@ -193,13 +207,24 @@ TYPED_TEST(cross_backend, small_factorizations_match_the_cpu) {
   ops<cuda>::convert(gpu, gd.view(), gt.view());
   EXPECT_EQ(gt.to_eigen(), host_matrix<T>(d.template cast<T>()));
 
+  // Jacobi (kernels/jacobi.cuh): 74^2, 75^2 (an odd count of columns),
+  // 100 x 60, 60 x 100, the rank-30 and the zero-column 74^2 (a zero singular
+  // value: handed on to the next method); then the other methods.
+  enum class kind { random, rank_30, zero_column };
   struct shape {
     index_t m;
     index_t n;
+    kind k = kind::random;
   };
-  for (const shape sh :
-       {shape{74, 74}, shape{200, 200}, shape{300, 140}, shape{140, 300}, shape{600, 500}}) {
-    const host_matrix<T> m = host_matrix<T>::Random(sh.m, sh.n);
+  for (const shape sh : {shape{74, 74}, shape{75, 75}, shape{100, 60}, shape{60, 100},
+                         shape{74, 74, kind::rank_30}, shape{74, 74, kind::zero_column},
+                         shape{200, 200}, shape{300, 140}, shape{140, 300}, shape{600, 500}}) {
+    host_matrix<T> m = host_matrix<T>::Random(sh.m, sh.n);
+    if (sh.k == kind::rank_30) {
+      m = host_matrix<T>::Random(sh.m, 30) * host_matrix<T>::Random(30, sh.n);
+    } else if (sh.k == kind::zero_column) {
+      m.col(5).setZero();
+    }
     const index_t k = std::min(sh.m, sh.n);
     const matrix<T, cuda> gm(gpu, m);
     matrix<T, cuda> gu(gpu, sh.m, k);

@@ -31,6 +31,7 @@
 #include "lowrank/backend/cuda/kernels/adapters.cuh"
 #include "lowrank/backend/cuda/kernels/cholesky.cuh"
 #include "lowrank/backend/cuda/kernels/elementwise.cuh"
+#include "lowrank/backend/cuda/kernels/jacobi.cuh"
 #include "lowrank/backend/cuda/kernels/launch.cuh"
 #include "lowrank/backend/cuda/kernels/random.cuh"
 #include "lowrank/backend/cuda/kernels/reduce.cuh"
@@ -211,10 +212,13 @@ struct ops<cuda> {
     check_info(ctx, "lowrank::ops<cuda>::householder_orthonormalize: cusolverDn<t>orgqr");
   }
 
-  /// The factor of one Cholesky QR pass (backend_for), on the device: G's
-  /// lower triangle symmetrised in double (kernels/cholesky.cuh), cuSOLVER
-  /// potrf (upper: R itself) and trtri for R^{-1}, then one download of the
-  /// status (the only synchronisation).
+  /// The factor of one Cholesky QR pass (backend_for), on the device, in
+  /// double (kernels/cholesky.cuh), then one download of the status (the only
+  /// synchronisation):
+  /// - n <= 128 (when the device has the shared memory: 133 KB at n = 128):
+  ///   one kernel, `cholesky_fused`, does it all in shared memory;
+  /// - otherwise G's lower triangle is symmetrised by a kernel, then cuSOLVER
+  ///   potrf (upper: R itself) and trtri give R and R^{-1}.
   template <scalar T>
   static cholesky_status cholesky_factor(context<cuda>& ctx, matrix_view<const T, cuda> g,
                                          double shift, matrix_view<double, cuda> r,
@@ -228,6 +232,34 @@ struct ops<cuda> {
     if (n == 0) {
       result.ok = true;
       return result;
+    }
+    // Y R^{-1} is formed in precision T: an entry of R^{-1} that overflows
+    // there would turn Y into Inf.
+    const double limit = double(std::numeric_limits<T>::max());
+    const auto finish = [&](k::cholesky_device_status* status) {
+      k::cholesky_device_status host{};
+      detail::check(
+          cudaMemcpyAsync(&host, status, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
+          "lowrank::ops<cuda>::cholesky_factor: cudaMemcpyAsync");
+      ctx.synchronize();
+      result.deviation = host.deviation;
+      result.ok = host.input_finite != 0 && host.potrf_info == 0 && host.diagonal_ok != 0 &&
+                  host.trtri_info == 0 && host.inverse_ok != 0;
+      return result;
+    };
+    if (n <= k::fused_cholesky_max) {
+      const std::size_t bytes = k::fused_cholesky_shared_bytes(n);
+      if (fits_in_shared_memory(ctx, bytes,
+                                "lowrank::ops<cuda>::cholesky_factor: cudaDeviceGetAttribute")) {
+        detail::check(cudaFuncSetAttribute(k::cholesky_fused<T>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+                      "lowrank::ops<cuda>::cholesky_factor: cudaFuncSetAttribute");
+        auto* status = static_cast<k::cholesky_device_status*>(ctx.workspace(256));
+        k::cholesky_fused<T><<<1, k::cholesky_threads, bytes, ctx.stream()>>>(
+            g.data(), g.ld(), n, shift, limit, r.data(), r.ld(), r_inv.data(), r_inv.ld(), status);
+        detail::check(cudaGetLastError(), "lowrank::ops<cuda>::cholesky_factor: cholesky_fused");
+        return finish(status);
+      }
     }
     const int ni = detail::cuda_blas::to_int(n, fn, "g.rows()");
     const int ldr = detail::cuda_blas::to_int(r.ld(), fn, "r.ld()");
@@ -264,20 +296,11 @@ struct ops<cuda> {
                                    CUDA_R_64F, r_inv.data(), r_inv.ld(), work, trtri_device,
                                    host_work.data(), trtri_host, &status->trtri_info),
                   "lowrank::ops<cuda>::cholesky_factor: cusolverDnXtrtri");
-    // Y R^{-1} is formed in precision T: an entry of R^{-1} that overflows
-    // there would turn Y into Inf.
-    k::cholesky_check_inverse<<<1, k::block_threads, 0, ctx.stream()>>>(
-        r_inv.data(), r_inv.ld(), n, double(std::numeric_limits<T>::max()), status);
+    k::cholesky_check_inverse<<<1, k::block_threads, 0, ctx.stream()>>>(r_inv.data(), r_inv.ld(), n,
+                                                                        limit, status);
     detail::check(cudaGetLastError(),
                   "lowrank::ops<cuda>::cholesky_factor: cholesky_check_inverse");
-    k::cholesky_device_status host{};
-    detail::check(cudaMemcpyAsync(&host, status, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
-                  "lowrank::ops<cuda>::cholesky_factor: cudaMemcpyAsync");
-    ctx.synchronize();
-    result.deviation = host.deviation;
-    result.ok = host.input_finite != 0 && host.potrf_info == 0 && host.diagonal_ok != 0 &&
-                host.trtri_info == 0 && host.inverse_ok != 0;
-    return result;
+    return finish(status);
   }
 
   /// dst = src rounded to dst's element type.
@@ -292,6 +315,10 @@ struct ops<cuda> {
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::convert");
   }
 
+  /// The sweeps `svd`'s Jacobi method makes before giving up (it converges
+  /// in 6 to 10 on the matrices of the randomized SVDs).
+  static constexpr int jacobi_max_sweeps = 30;
+
   /// Whether `svd` of an m x n matrix of T takes its small-float path
   /// (syevd + QR in double, below) rather than gesvd.
   template <scalar T>
@@ -300,6 +327,16 @@ struct ops<cuda> {
   }
 
   /// Thin SVD A = U diag(s) V^T, on the tall one of A and A^T (X, mt x nt).
+  /// - X up to 128 x 128 (when the device has the shared memory: 201 KB at
+  ///   112 x 112; all of 128 x 128 does not fit an H200): one-sided Jacobi
+  ///   in double in one block (kernels/jacobi.cuh; rotation threshold
+  ///   sqrt(mt) eps_double, as LAPACK's dgesvj), rounded to T: accurate to
+  ///   the last digits without squaring X, one launch and one status download.
+  ///   On an H200 it takes 1.5 ms at 74 x 74 (float data), as the syevd route
+  ///   below did; for double data it replaces gesvd (7 ms at 74 x 74). A zero
+  ///   singular value
+  ///   (U's column undefined) or no convergence in `jacobi_max_sweeps` sweeps
+  ///   hands X to the methods below.
   /// - float, small X (mt nt <= 512^2, such as the l x l factors of the
   ///   randomized SVDs): in double, X^T X = V diag(s^2) V^T by syevd, then
   ///   U = the Q of a Householder QR of X V (signs from R's diagonal), s =
@@ -339,8 +376,30 @@ struct ops<cuda> {
       }
     };
 
+    namespace k = detail::kernels;
+    if (mt <= k::jacobi_svd_max &&
+        fits_in_shared_memory(ctx, k::jacobi_svd_shared_bytes(mt, nt),
+                              "lowrank::ops<cuda>::svd: cudaDeviceGetAttribute")) {
+      const std::size_t bytes = k::jacobi_svd_shared_bytes(mt, nt);
+      detail::check(cudaFuncSetAttribute(k::jacobi_svd<T>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+                    "lowrank::ops<cuda>::svd: cudaFuncSetAttribute");
+      auto* status = static_cast<k::jacobi_svd_status*>(ctx.workspace(256));
+      const double tol = std::sqrt(double(mt)) * std::numeric_limits<double>::epsilon();
+      k::jacobi_svd<T><<<1, k::jacobi_threads, bytes, ctx.stream()>>>(
+          a.data(), a.ld(), wide, mt, nt, tol, jacobi_max_sweeps, left.data(), left.ld(), s.data(),
+          right.data(), right.ld(), status);
+      detail::check(cudaGetLastError(), "lowrank::ops<cuda>::svd: jacobi_svd");
+      k::jacobi_svd_status host{};
+      detail::check(
+          cudaMemcpyAsync(&host, status, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
+          "lowrank::ops<cuda>::svd: cudaMemcpyAsync");
+      ctx.synchronize();
+      if (host.converged != 0 && host.zero_columns == 0) return;
+      // A zero singular value leaves U's column undefined, and the sweeps
+      // rarely fail to converge: both go on to the methods below.
+    }
     if (svd_by_eigen<T>(mt, nt)) {
-      namespace k = detail::kernels;
       matrix<double, cuda> xd(ctx, mt, nt);
       matrix<double, cuda> e(ctx, nt, nt);   // X^T X, then its eigenvectors
       matrix<double, cuda> vd(ctx, nt, nt);  // V (descending)
@@ -794,6 +853,16 @@ struct ops<cuda> {
     down(row_scale.data(), row_scale.size(), host.c.data(), row_scale.size(), index_t{1});
     ctx.synchronize();
     return host;
+  }
+
+  /// Whether a one-block kernel that needs `bytes` of dynamic shared memory
+  /// (plus up to 8 KB of static) fits on ctx's device.
+  static bool fits_in_shared_memory(context<cuda>& ctx, std::size_t bytes, const char* call) {
+    int available = 0;
+    detail::check(
+        cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device()),
+        call);
+    return bytes + 8192 <= std::size_t(available);
   }
 
   static void check_info(context<cuda>& ctx, const char* call) {

@@ -11,12 +11,16 @@
 
 namespace lowrank::detail::kernels {
 
-/// Tree-sums `value` over the block; thread 0 gets the total.
+/// Tree-sums `value` over a block of `Threads` threads (a power of two); every
+/// thread gets the total. Two calls in a row need a __syncthreads() between
+/// them (the shared scratch is reused).
+template <int Threads = block_threads>
 __device__ inline double block_sum(double value) {
-  __shared__ double shared[block_threads];
+  static_assert((Threads & (Threads - 1)) == 0, "block_sum: Threads must be a power of two");
+  __shared__ double shared[Threads];
   shared[threadIdx.x] = value;
   __syncthreads();
-  for (int width = block_threads / 2; width > 0; width /= 2) {
+  for (int width = Threads / 2; width > 0; width /= 2) {
     if (int(threadIdx.x) < width) shared[threadIdx.x] += shared[threadIdx.x + width];
     __syncthreads();
   }
