@@ -13,7 +13,7 @@
 /// W = Q U = X' (C U)
 /// ```
 /// Every step runs on the backend (on a GPU, only the passes' status and the
-/// SVD's devInfo cross to the host). Only products and Cholesky QR touch the rows x l
+/// SVD's status cross to the host). Only products and Cholesky QR touch the rows x l
 /// data, so this runs at BLAS-3 speed on every backend (a direct SVD of X
 /// would first do a Householder QR with level-2 panels).
 /// Cost: about 8 rows l^2 flops plus O(l^3); memory rows x keep + O(l^2).
