@@ -236,12 +236,9 @@ struct ops<cuda> {
     // Y R^{-1} is formed in precision T: an entry of R^{-1} that overflows
     // there would turn Y into Inf.
     const double limit = double(std::numeric_limits<T>::max());
-    const auto finish = [&](k::cholesky_device_status* status) {
-      k::cholesky_device_status host{};
-      detail::check(
-          cudaMemcpyAsync(&host, status, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
-          "lowrank::ops<cuda>::cholesky_factor: cudaMemcpyAsync");
-      ctx.synchronize();
+    const auto finish = [&](const k::cholesky_device_status* status) {
+      const auto host =
+          download_value(ctx, status, "lowrank::ops<cuda>::cholesky_factor: cudaMemcpyAsync");
       result.deviation = host.deviation;
       result.ok = host.input_finite != 0 && host.potrf_info == 0 && host.diagonal_ok != 0 &&
                   host.trtri_info == 0 && host.inverse_ok != 0;
@@ -251,9 +248,8 @@ struct ops<cuda> {
       const std::size_t bytes = k::fused_cholesky_shared_bytes(n);
       if (fits_in_shared_memory(ctx, bytes,
                                 "lowrank::ops<cuda>::cholesky_factor: cudaDeviceGetAttribute")) {
-        detail::check(cudaFuncSetAttribute(k::cholesky_fused<T>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-                      "lowrank::ops<cuda>::cholesky_factor: cudaFuncSetAttribute");
+        allow_shared_memory(k::cholesky_fused<T>, bytes,
+                            "lowrank::ops<cuda>::cholesky_factor: cudaFuncSetAttribute");
         auto* status = static_cast<k::cholesky_device_status*>(ctx.workspace(256));
         k::cholesky_fused<T><<<1, k::cholesky_threads, bytes, ctx.stream()>>>(
             g.data(), g.ld(), n, shift, limit, r.data(), r.ld(), r_inv.data(), r_inv.ld(), status);
@@ -319,8 +315,20 @@ struct ops<cuda> {
   /// in 6 to 10 on the matrices of the randomized SVDs).
   static constexpr int jacobi_max_sweeps = 30;
 
+  /// Whether `svd` of an m x n matrix tries its Jacobi kernel first: the tall
+  /// one of A and A^T has at most `jacobi_svd_max` rows and fits in the
+  /// shared memory of ctx's device.
+  [[nodiscard]] static bool svd_by_jacobi(context<cuda>& ctx, index_t m, index_t n) {
+    const index_t mt = std::max(m, n);
+    const index_t nt = std::min(m, n);
+    return mt <= detail::kernels::jacobi_svd_max &&
+           fits_in_shared_memory(ctx, detail::kernels::jacobi_svd_shared_bytes(mt, nt),
+                                 "lowrank::ops<cuda>::svd_by_jacobi: cudaDeviceGetAttribute");
+  }
+
   /// Whether `svd` of an m x n matrix of T takes its small-float path
-  /// (syevd + QR in double, below) rather than gesvd.
+  /// (syevd + QR in double, below) rather than gesvd, after the Jacobi kernel
+  /// when it does not apply or hands X on.
   template <scalar T>
   [[nodiscard]] static constexpr bool svd_by_eigen(index_t m, index_t n) noexcept {
     return std::is_same_v<T, float> && m * n <= 512 * 512;
@@ -377,24 +385,16 @@ struct ops<cuda> {
     };
 
     namespace k = detail::kernels;
-    if (mt <= k::jacobi_svd_max &&
-        fits_in_shared_memory(ctx, k::jacobi_svd_shared_bytes(mt, nt),
-                              "lowrank::ops<cuda>::svd: cudaDeviceGetAttribute")) {
+    if (svd_by_jacobi(ctx, mt, nt)) {
       const std::size_t bytes = k::jacobi_svd_shared_bytes(mt, nt);
-      detail::check(cudaFuncSetAttribute(k::jacobi_svd<T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-                    "lowrank::ops<cuda>::svd: cudaFuncSetAttribute");
+      allow_shared_memory(k::jacobi_svd<T>, bytes, "lowrank::ops<cuda>::svd: cudaFuncSetAttribute");
       auto* status = static_cast<k::jacobi_svd_status*>(ctx.workspace(256));
       const double tol = std::sqrt(double(mt)) * std::numeric_limits<double>::epsilon();
       k::jacobi_svd<T><<<1, k::jacobi_threads, bytes, ctx.stream()>>>(
           a.data(), a.ld(), wide, mt, nt, tol, jacobi_max_sweeps, left.data(), left.ld(), s.data(),
           right.data(), right.ld(), status);
       detail::check(cudaGetLastError(), "lowrank::ops<cuda>::svd: jacobi_svd");
-      k::jacobi_svd_status host{};
-      detail::check(
-          cudaMemcpyAsync(&host, status, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
-          "lowrank::ops<cuda>::svd: cudaMemcpyAsync");
-      ctx.synchronize();
+      const auto host = download_value(ctx, status, "lowrank::ops<cuda>::svd: cudaMemcpyAsync");
       if (host.converged != 0 && host.zero_columns == 0) return;
       // A zero singular value leaves U's column undefined, and the sweeps
       // rarely fail to converge: both go on to the methods below.
@@ -559,12 +559,8 @@ struct ops<cuda> {
     detail::kernels::sum_partials<>
         <<<1, detail::kernels::block_threads, 0, ctx.stream()>>>(partial, blocks, partial + blocks);
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::squared_norm: kernel launch");
-    double result = 0;
-    detail::check(cudaMemcpyAsync(&result, partial + blocks, sizeof(double), cudaMemcpyDeviceToHost,
-                                  ctx.stream()),
-                  "lowrank::ops<cuda>::squared_norm: cudaMemcpyAsync");
-    ctx.synchronize();
-    return result;
+    return download_value(ctx, partial + blocks,
+                          "lowrank::ops<cuda>::squared_norm: cudaMemcpyAsync");
   }
   template <scalar T>
   static double squared_norm(context<cuda>& ctx, matrix_view<T, cuda> x) {
@@ -595,10 +591,8 @@ struct ops<cuda> {
                                        detail::kernels::block_threads, 0, ctx.stream()>>>(
         x.data(), x.rows(), x.cols(), x.ld(), first);
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::find_non_finite: kernel launch");
-    unsigned long long host = 0;
-    detail::check(cudaMemcpyAsync(&host, first, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
-                  "lowrank::ops<cuda>::find_non_finite: cudaMemcpyAsync");
-    ctx.synchronize();
+    const unsigned long long host =
+        download_value(ctx, first, "lowrank::ops<cuda>::find_non_finite: cudaMemcpyAsync");
     return host == ~0ull ? -1 : static_cast<index_t>(host);
   }
   template <scalar T>
@@ -865,13 +859,27 @@ struct ops<cuda> {
     return bytes + 8192 <= std::size_t(available);
   }
 
-  static void check_info(context<cuda>& ctx, const char* call) {
-    int info = 0;
+  /// Allows `kernel` `bytes` of dynamic shared memory (beyond the default 48 KB).
+  template <class Kernel>
+  static void allow_shared_memory(Kernel kernel, std::size_t bytes, const char* call) {
     detail::check(
-        cudaMemcpyAsync(&info, ctx.info(), sizeof info, cudaMemcpyDeviceToHost, ctx.stream()),
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
         call);
+  }
+
+  /// The value at `device` (a status a kernel or cuSOLVER wrote), after
+  /// everything queued on the stream: one download, one synchronisation.
+  template <class S>
+  static S download_value(context<cuda>& ctx, const S* device, const char* call) {
+    S host{};
+    detail::check(cudaMemcpyAsync(&host, device, sizeof host, cudaMemcpyDeviceToHost, ctx.stream()),
+                  call);
     ctx.synchronize();
-    detail::check_info(info, call);
+    return host;
+  }
+
+  static void check_info(context<cuda>& ctx, const char* call) {
+    detail::check_info(download_value(ctx, ctx.info(), call), call);
   }
 };
 

@@ -34,10 +34,12 @@ struct cholesky_device_status {
 };
 
 /// A (n x n, double) = the symmetric matrix whose lower triangle is G's,
-/// status->deviation = ||G - I||_F, then A += shift tr(G) I. One block.
-template <class T>
-__global__ void cholesky_prepare(const T* g, index_t ldg, index_t n, double shift, double* a,
-                                 index_t lda, cholesky_device_status* status) {
+/// status->deviation = ||G - I||_F, then, when tr(G) and the deviation are
+/// finite (status->input_finite), A += shift tr(G) I. Called by every thread
+/// of a block of `Threads` threads; returns input_finite to all of them.
+template <int Threads, class T>
+__device__ bool load_shifted_gram(const T* g, index_t ldg, index_t n, double shift, double* a,
+                                  index_t lda, cholesky_device_status* status) {
   double deviation = 0;
   double trace = 0;
   for (index_t k = threadIdx.x; k < n * n; k += blockDim.x) {
@@ -49,9 +51,9 @@ __global__ void cholesky_prepare(const T* g, index_t ldg, index_t n, double shif
     deviation += e * e;
     if (i == j) trace += v;
   }
-  deviation = block_sum(deviation);
+  deviation = block_sum<Threads>(deviation);
   __syncthreads();  // block_sum's shared memory is reused
-  trace = block_sum(trace);
+  trace = block_sum<Threads>(trace);
   const bool finite = isfinite(trace) && isfinite(deviation);
   if (finite && shift != 0) {
     for (index_t i = threadIdx.x; i < n; i += blockDim.x) a[i + i * lda] += shift * trace;
@@ -60,6 +62,15 @@ __global__ void cholesky_prepare(const T* g, index_t ldg, index_t n, double shif
     status->deviation = sqrt(deviation);
     status->input_finite = finite ? 1 : 0;
   }
+  return finite;
+}
+
+/// `load_shifted_gram` as a kernel of its own, before cuSOLVER's potrf. One
+/// block.
+template <class T>
+__global__ void cholesky_prepare(const T* g, index_t ldg, index_t n, double shift, double* a,
+                                 index_t lda, cholesky_device_status* status) {
+  load_shifted_gram<block_threads>(g, ldg, n, shift, a, lda, status);
 }
 
 /// After potrf (upper): zeros R's strictly lower part, copies R into
@@ -143,33 +154,14 @@ __global__ void __launch_bounds__(cholesky_threads)
   double* diagonal = shared_matrix + ld * n;
   const auto at = [&](index_t i, index_t j) -> double& { return a[i + j * ld]; };
 
-  double deviation = 0;
-  double trace = 0;
-  for (index_t k = threadIdx.x; k < n * n; k += blockDim.x) {
-    const index_t i = k % n;
-    const index_t j = k / n;
-    const double v = double(i >= j ? g[i + j * ldg] : g[j + i * ldg]);
-    at(i, j) = v;
-    const double e = i == j ? v - 1.0 : v;
-    deviation += e * e;
-    if (i == j) trace += v;
-  }
-  deviation = block_sum<cholesky_threads>(deviation);
-  __syncthreads();  // block_sum's shared memory is reused
-  trace = block_sum<cholesky_threads>(trace);
-  const bool finite = isfinite(trace) && isfinite(deviation);
   if (threadIdx.x == 0) {
-    status->deviation = sqrt(deviation);
-    status->input_finite = finite ? 1 : 0;
     status->potrf_info = 0;
     status->diagonal_ok = 0;
     status->trtri_info = 0;
     status->inverse_ok = 0;
   }
-  if (!finite) return;  // uniform: every thread has the same sums
-  if (shift != 0) {
-    for (index_t i = threadIdx.x; i < n; i += blockDim.x) at(i, i) += shift * trace;
-  }
+  // Uniform: every thread has the same sums.
+  if (!load_shifted_gram<cholesky_threads>(g, ldg, n, shift, a, ld, status)) return;
 
   // R^T R = A, upper: after step k, row k of A is R(k, :) R(k, k), and the
   // trailing block is updated by the outer product of R(k, k+1:).
