@@ -38,6 +38,10 @@ class context<cuda> {
                     "lowrank::context<cuda>: cusolverDnSetStream");
       detail::check(cudaMallocAsync(reinterpret_cast<void**>(&info_), sizeof(int), stream_),
                     "lowrank::context<cuda>: cudaMallocAsync");
+      int optin = 0;
+      detail::check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                    "lowrank::context<cuda>: cudaDeviceGetAttribute");
+      shared_memory_per_block_ = std::size_t(optin);
     } catch (...) {
       release();
       throw;
@@ -68,6 +72,11 @@ class context<cuda> {
   [[nodiscard]] cusolverDnHandle_t solver() const noexcept { return solver_; }
   /// A device int for cuSOLVER's devInfo.
   [[nodiscard]] int* info() const noexcept { return info_; }
+  /// The most shared memory (static plus dynamic, bytes) one block may use on
+  /// the device, kernels opting in (cudaDevAttrMaxSharedMemoryPerBlockOptin).
+  [[nodiscard]] std::size_t shared_memory_per_block() const noexcept {
+    return shared_memory_per_block_;
+  }
 
   /// Makes the context's device current on the calling thread.
   void make_current() const {
@@ -103,6 +112,7 @@ class context<cuda> {
     info_ = std::exchange(other.info_, nullptr);
     workspace_ = std::exchange(other.workspace_, nullptr);
     workspace_bytes_ = std::exchange(other.workspace_bytes_, 0);
+    shared_memory_per_block_ = other.shared_memory_per_block_;
   }
 
   void release() noexcept {
@@ -129,6 +139,7 @@ class context<cuda> {
   int* info_ = nullptr;
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
+  std::size_t shared_memory_per_block_ = 0;
 };
 
 }  // namespace lowrank

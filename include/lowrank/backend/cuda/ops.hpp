@@ -246,9 +246,8 @@ struct ops<cuda> {
     };
     if (n <= k::fused_cholesky_max) {
       const std::size_t bytes = k::fused_cholesky_shared_bytes(n);
-      if (fits_in_shared_memory(ctx, bytes,
-                                "lowrank::ops<cuda>::cholesky_factor: cudaDeviceGetAttribute")) {
-        allow_shared_memory(k::cholesky_fused<T>, bytes,
+      if (fits_in_shared_memory(ctx, bytes)) {
+        allow_shared_memory(ctx, k::cholesky_fused<T>,
                             "lowrank::ops<cuda>::cholesky_factor: cudaFuncSetAttribute");
         auto* status = static_cast<k::cholesky_device_status*>(ctx.workspace(256));
         k::cholesky_fused<T><<<1, k::cholesky_threads, bytes, ctx.stream()>>>(
@@ -318,12 +317,11 @@ struct ops<cuda> {
   /// Whether `svd` of an m x n matrix tries its Jacobi kernel first: the tall
   /// one of A and A^T has at most `jacobi_svd_max` rows and fits in the
   /// shared memory of ctx's device.
-  [[nodiscard]] static bool svd_by_jacobi(context<cuda>& ctx, index_t m, index_t n) {
+  [[nodiscard]] static bool svd_by_jacobi(const context<cuda>& ctx, index_t m, index_t n) {
     const index_t mt = std::max(m, n);
     const index_t nt = std::min(m, n);
     return mt <= detail::kernels::jacobi_svd_max &&
-           fits_in_shared_memory(ctx, detail::kernels::jacobi_svd_shared_bytes(mt, nt),
-                                 "lowrank::ops<cuda>::svd_by_jacobi: cudaDeviceGetAttribute");
+           fits_in_shared_memory(ctx, detail::kernels::jacobi_svd_shared_bytes(mt, nt));
   }
 
   /// Whether `svd` of an m x n matrix of T takes its small-float path
@@ -387,7 +385,7 @@ struct ops<cuda> {
     namespace k = detail::kernels;
     if (svd_by_jacobi(ctx, mt, nt)) {
       const std::size_t bytes = k::jacobi_svd_shared_bytes(mt, nt);
-      allow_shared_memory(k::jacobi_svd<T>, bytes, "lowrank::ops<cuda>::svd: cudaFuncSetAttribute");
+      allow_shared_memory(ctx, k::jacobi_svd<T>, "lowrank::ops<cuda>::svd: cudaFuncSetAttribute");
       auto* status = static_cast<k::jacobi_svd_status*>(ctx.workspace(256));
       const double tol = std::sqrt(double(mt)) * std::numeric_limits<double>::epsilon();
       k::jacobi_svd<T><<<1, k::jacobi_threads, bytes, ctx.stream()>>>(
@@ -849,22 +847,29 @@ struct ops<cuda> {
     return host;
   }
 
-  /// Whether a one-block kernel that needs `bytes` of dynamic shared memory
-  /// (plus up to 8 KB of static) fits on ctx's device.
-  static bool fits_in_shared_memory(context<cuda>& ctx, std::size_t bytes, const char* call) {
-    int available = 0;
-    detail::check(
-        cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device()),
-        call);
-    return bytes + 8192 <= std::size_t(available);
+  /// The dynamic shared memory a one-block kernel may use on ctx's device:
+  /// all of it but 8 KB for the kernel's static shared memory (ptxas, sm_90:
+  /// cholesky_fused 4 KB, jacobi_svd none).
+  static std::size_t dynamic_shared_memory(const context<cuda>& ctx) {
+    constexpr std::size_t static_reserve = 8192;
+    const std::size_t total = ctx.shared_memory_per_block();
+    return total > static_reserve ? total - static_reserve : 0;
   }
 
-  /// Allows `kernel` `bytes` of dynamic shared memory (beyond the default 48 KB).
+  /// Whether a one-block kernel that needs `bytes` of dynamic shared memory
+  /// fits on ctx's device.
+  static bool fits_in_shared_memory(const context<cuda>& ctx, std::size_t bytes) {
+    return bytes <= dynamic_shared_memory(ctx);
+  }
+
+  /// Allows `kernel` all the dynamic shared memory ctx's device has. The
+  /// value depends only on the device, never on a call's size, so threads
+  /// sharing a device cannot lower the limit under one another's launches.
   template <class Kernel>
-  static void allow_shared_memory(Kernel kernel, std::size_t bytes, const char* call) {
-    detail::check(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-        call);
+  static void allow_shared_memory(const context<cuda>& ctx, Kernel kernel, const char* call) {
+    detail::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       int(dynamic_shared_memory(ctx))),
+                  call);
   }
 
   /// The value at `device` (a status a kernel or cuSOLVER wrote), after
