@@ -42,12 +42,12 @@
 ///
 /// **Costs** per step beyond LoRA's: 2 r out in + 2 r^2 (in + out) flops for
 /// the norm, O(N out) element-wise work; with dropout, one more N x in x out
-/// GEMM in forward and in backward (PEFT pays the same).
+/// GEMM in forward and in backward (PEFT pays the same). The per-row
+/// arithmetic (n, c = m / n, dm) runs on the backend too: on a GPU a step
+/// neither copies to nor waits for the host.
 ///
 /// **Errors.** As lora (adapters/lora.hpp).
 
-#include <algorithm>
-#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -87,24 +87,17 @@ class dora {
     grad_m_ = matrix<T, Backend>(ctx, out, 1);
     ops<Backend>::fill(ctx, grad_m_.view(), T(0));
     c_ = matrix<T, Backend>(ctx, out, 1);
-    step_m_ = matrix<T, Backend>(ctx, out, 1);
+    n_ = matrix<double, Backend>(ctx, out, 1);
     w_sq_ = matrix<double, Backend>(ctx, out, 1);
     dots_ = matrix<double, Backend>(ctx, out, 1);
     dots2_ = matrix<double, Backend>(ctx, out, 1);
     wa_ = matrix<T, Backend>(ctx, out, r);
     bm_ = matrix<T, Backend>(ctx, out, r);
     aa_ = matrix<T, Backend>(ctx, r, r);
-    host_.resize(static_cast<std::size_t>(out));
-    host_n_.resize(static_cast<std::size_t>(out));
-    host_t_.resize(static_cast<std::size_t>(out));
-    host_w_sq_.resize(static_cast<std::size_t>(out));
-    host_dots_.resize(static_cast<std::size_t>(out));
     auto w = as_const(lora_.weight());
     ops<Backend>::row_dots(ctx, w, w, vec(w_sq_));
-    download_double(ctx, w_sq_, host_w_sq_);
     compute_norms(ctx);
-    for (std::size_t i = 0; i < host_.size(); ++i) host_t_[i] = static_cast<T>(host_n_[i]);
-    upload_t(ctx, m_);
+    ops<Backend>::convert(ctx, as_const(n_.view()), m_.view());
   }
 
   dora(dora&&) noexcept = default;
@@ -131,8 +124,9 @@ class dora {
   /// m (out x 1), trainable.
   [[nodiscard]] matrix_view<T, Backend> magnitude() noexcept { return m_.view(); }
   [[nodiscard]] matrix_view<T, Backend> grad_magnitude() noexcept { return grad_m_.view(); }
-  /// The row norms n of the last forward (or of the construction), in double.
-  [[nodiscard]] const std::vector<double>& norms() const noexcept { return host_n_; }
+  /// The row norms n of the last forward (or of the construction), in double,
+  /// in the backend's memory (out entries).
+  [[nodiscard]] vector_view<const double, Backend> norms() const noexcept { return cvec(n_); }
 
   /// lora_A, lora_B, lora_magnitude_vector (and bias) with their gradients.
   [[nodiscard]] std::vector<parameter<T, Backend>> parameters() {
@@ -164,7 +158,7 @@ class dora {
     const index_t n = x.rows();
     const auto s = static_cast<T>(scaling());
     compute_norms(ctx);
-    upload_scale(ctx);  // c = m / n
+    ops<Backend>::divide(ctx, cvec(m_), cvec(n_), 0.0, vec(c_));  // c = m / n
     dropout_on_ = training() && options().dropout > 0;
     auto z = z_.rows(ctx, n, out_features());
     matrix_view<const T, Backend> xa = x;
@@ -218,15 +212,10 @@ class dora {
       ops<Backend>::add_column_sums(ctx, T(1), dy,
                                     vector_view<T, Backend>(grad_bias.data(), out_features()));
     }
-    // dm_j += <G(:, j), Z(:, j)> / n_j (host arithmetic on out numbers).
+    // dm_j += <G(:, j), Z(:, j)> / n_j (in double, rounded once).
     auto z = z_.rows(ctx, n, out_features());
     ops<Backend>::column_dots(ctx, dy, as_const(z), vec(dots_));
-    download_double(ctx, dots_, host_dots_);
-    for (std::size_t i = 0; i < host_t_.size(); ++i) {
-      host_t_[i] = static_cast<T>(host_dots_[i] / host_n_[i]);
-    }
-    upload_t(ctx, step_m_);
-    ops<Backend>::axpby(ctx, T(1), as_const(step_m_.view()), T(1), grad_m_.view());
+    ops<Backend>::divide(ctx, cvec(dots_), cvec(n_), 1.0, vec(grad_m_));
     // G' = G (.) c.
     auto gp = gp_.rows(ctx, n, out_features());
     ops<Backend>::copy(ctx, dy, gp);
@@ -291,15 +280,7 @@ class dora {
     return {m.data(), m.rows()};
   }
 
-  void download_double(context<Backend>& ctx, const matrix<double, Backend>& src,
-                       std::vector<double>& dst) {
-    ops<Backend>::download(ctx, src.view(), matrix_view<double, cpu>(dst.data(), src.rows(), 1));
-  }
-  void upload_t(context<Backend>& ctx, matrix<T, Backend>& dst) {
-    ops<Backend>::upload(ctx, matrix_view<const T, cpu>(host_t_.data(), dst.rows(), 1), dst.view());
-  }
-
-  /// host_n_ = max(||W + s B A||_row, norm_floor), by the factored formula.
+  /// n_ = max(||W + s B A||_row, norm_floor), by the factored formula.
   void compute_norms(context<Backend>& ctx) {
     const T one(1);
     const auto w = as_const(weight());
@@ -311,33 +292,15 @@ class dora {
                        bm_.view());
     ops<Backend>::row_dots(ctx, b, as_const(wa_.view()), vec(dots_));
     ops<Backend>::row_dots(ctx, b, as_const(bm_.view()), vec(dots2_));
-    download_double(ctx, dots_, host_dots_);
-    download_double(ctx, dots2_, host_);
-    const double s = scaling();
-    for (std::size_t i = 0; i < host_n_.size(); ++i) {
-      const double sq = host_w_sq_[i] + 2 * s * host_dots_[i] + s * s * host_[i];
-      host_n_[i] = std::max(std::sqrt(std::max(sq, 0.0)), norm_floor);
-    }
-  }
-
-  /// c_ = m / n (and host_c_ in double for a merge).
-  void upload_scale(context<Backend>& ctx) {
-    ops<Backend>::download(ctx, as_const(m_.view()),
-                           matrix_view<T, cpu>(host_t_.data(), out_features(), 1));
-    for (std::size_t i = 0; i < host_t_.size(); ++i) {
-      host_[i] = double(host_t_[i]) / host_n_[i];
-      host_t_[i] = static_cast<T>(host_[i]);
-    }
-    upload_t(ctx, c_);
+    ops<Backend>::factored_row_norms(ctx, scaling(), norm_floor, cvec(w_sq_), cvec(dots_),
+                                     cvec(dots2_), vec(n_));
   }
 
   void merge_impl(context<Backend>& ctx, bool safe, const char* fn) {
     merge_.require_inactive(fn);
     compute_norms(ctx);
-    upload_scale(ctx);  // host_ = m / n in double
     matrix<double, Backend> c(ctx, out_features(), 1);
-    ops<Backend>::upload(ctx, matrix_view<const double, cpu>(host_.data(), out_features(), 1),
-                         c.view());
+    ops<Backend>::divide(ctx, cvec(m_), cvec(n_), 0.0, vec(c));  // c = m / n in double
     matrix<T, Backend> keep_a(ctx, rank(), in_features());
     matrix<T, Backend> keep_b(ctx, out_features(), rank());
     ops<Backend>::copy(ctx, as_const(lora_.a()), keep_a.view());
@@ -349,11 +312,9 @@ class dora {
   }
 
   lora<Backend, T> lora_;
-  matrix<T, Backend> m_, grad_m_, c_, step_m_;
-  matrix<double, Backend> w_sq_, dots_, dots2_;
+  matrix<T, Backend> m_, grad_m_, c_;
+  matrix<double, Backend> n_, w_sq_, dots_, dots2_;
   matrix<T, Backend> wa_, bm_, aa_;
-  std::vector<double> host_, host_n_, host_w_sq_, host_dots_;
-  std::vector<T> host_t_;
   std::uint64_t step_ = 0;
   // The pending forward.
   bool pending_ = false;

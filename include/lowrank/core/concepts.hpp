@@ -107,6 +107,10 @@ struct merge_exception {
 /// - `add_column_sums(ctx, alpha, x, y)`: y_j += alpha sum_i X(i, j);
 /// - `row_dots(ctx, x, y, out)` / `column_dots(ctx, x, y, out)`: sums of
 ///   X (.) Y per row / per column, in double, into a double vector;
+/// - `factored_row_norms(ctx, s, floor, w, b, c, n)`: n_i = max(sqrt(max(w_i +
+///   2 s b_i + s^2 c_i, 0)), floor), in double (DoRA's row norms);
+/// - `divide(ctx, x, d, beta, y)`: y_i = x_i / d_i + beta y_i in double,
+///   rounded once to y's type (x, y float, double or T; d double);
 /// - `merge_low_rank(ctx, s, b, a, c, w, check_only, record)` /
 ///   `unmerge_low_rank(ctx, s, b, a, c, w, record)`: W' = fl(c_i (W + s B A))
 ///   in extended precision and its exact inverse (backend/cpu/ops.hpp);
@@ -132,6 +136,10 @@ concept adapter_backend_for = backend_for<Backend, T> &&
   ops<Backend>::add_column_sums(ctx, alpha, cx, v);
   ops<Backend>::row_dots(ctx, cx, cx, dv);
   ops<Backend>::column_dots(ctx, cx, cx, dv);
+  ops<Backend>::factored_row_norms(ctx, 1.0, 1.0, cdv, cdv, cdv, dv);
+  ops<Backend>::divide(ctx, cv, cdv, 1.0, v);
+  ops<Backend>::divide(ctx, cv, cdv, 1.0, dv);
+  ops<Backend>::divide(ctx, cdv, cdv, 1.0, v);
   { ops<Backend>::merge_low_rank(ctx, 1.0, cx, cx, cdv, x, true, record) } -> std::same_as<index_t>;
   ops<Backend>::unmerge_low_rank(ctx, 1.0, cx, cx, cdv, x, *record);
   ops<Backend>::gather_rows(ctx, cx, rows, x);

@@ -827,3 +827,82 @@ TYPED_TEST(Ops, FillRandomMatchesRandomElement) {
 }
 
 }  // namespace
+
+// ----------------------------------------------------- DoRA's per-row arithmetic
+
+// The factored row norms of W + s B A against the rows of the dense sum: the
+// dots are exact-input double sums of 10 to 20 terms and the dense norm is
+// formed in double, so both sides agree to a few hundred eps relative (the
+// cancellation in w + 2 s b + s^2 c is mild for these magnitudes).
+TYPED_TEST(Ops, FactoredRowNormsMatchTheDenseRows) {
+  using ops = typename TestFixture::ops_type;
+  const index_t out = 7, in = 11, r = 3;
+  const double s = 0.75, floor = 1e-12;
+  Eigen::MatrixXd w = gaussian(out, in, 31);
+  Eigen::MatrixXd b = gaussian(out, r, 32);
+  const Eigen::MatrixXd a = gaussian(r, in, 33);
+  w.row(2).setZero();
+  b.row(2).setZero();  // a zero row of W + s B A: the floor
+  const Eigen::MatrixXd wa = w * a.transpose();
+  const Eigen::MatrixXd bm = b * (a * a.transpose());
+  Eigen::VectorXd wsq = w.rowwise().squaredNorm();
+  Eigen::VectorXd wb = (b.array() * wa.array()).rowwise().sum();
+  Eigen::VectorXd bb = (b.array() * bm.array()).rowwise().sum();
+  const Eigen::VectorXd dense = (w + s * b * a).rowwise().norm();
+  const auto in_view = [](const Eigen::VectorXd& v) {
+    return vector_view<const double, lowrank::cpu>(v.data(), index_t(v.size()));
+  };
+  Eigen::VectorXd n(out);
+  ops::factored_row_norms(this->ctx, s, floor, in_view(wsq), in_view(wb), in_view(bb),
+                          vector_view<double, lowrank::cpu>(n.data(), out));
+  for (index_t i = 0; i < out; ++i) {
+    if (i == 2) {
+      EXPECT_EQ(n(i), floor);
+    } else {
+      EXPECT_NEAR(n(i), dense(i), 256 * eps<double> * dense(i)) << i;
+    }
+  }
+  // A square that rounding made negative gives the floor; a NaN stays NaN.
+  wsq(0) = 1, wb(0) = -1, bb(0) = 0;
+  wsq(1) = std::numeric_limits<double>::quiet_NaN();
+  ops::factored_row_norms(this->ctx, s, floor, in_view(wsq), in_view(wb), in_view(bb),
+                          vector_view<double, lowrank::cpu>(n.data(), out));
+  EXPECT_EQ(n(0), floor);
+  EXPECT_TRUE(std::isnan(n(1)));
+}
+
+// y = x / d + beta y is formed in double and rounded once to y's type.
+TYPED_TEST(Ops, DivideRoundsOnce) {
+  using T = typename TestFixture::scalar_type;
+  using ops = typename TestFixture::ops_type;
+  using cpu = lowrank::cpu;
+  const index_t n = 5;
+  const host_matrix<T> x = rounded<T>(gaussian(n, 1, 34)).template cast<T>();
+  const Eigen::VectorXd d = gaussian(n, 1, 35).cwiseAbs().array() + 0.5;
+  const vector_view<const T, cpu> xv(x.data(), n);
+  const vector_view<const double, cpu> dv(d.data(), n);
+  // beta = 0 ignores y (NaN here).
+  host_matrix<T> y = host_matrix<T>::Constant(n, 1, quiet_nan<T>());
+  ops::divide(this->ctx, xv, dv, 0.0, vector_view<T, cpu>(y.data(), n));
+  for (index_t i = 0; i < n; ++i) EXPECT_EQ(y(i), static_cast<T>(double(x(i)) / d(i))) << i;
+  // beta = 1 into T, and into double: one rounding of the double expression.
+  const host_matrix<T> y0 = rounded<T>(gaussian(n, 1, 36)).template cast<T>();
+  y = y0;
+  ops::divide(this->ctx, xv, dv, 1.0, vector_view<T, cpu>(y.data(), n));
+  Eigen::VectorXd yd = gaussian(n, 1, 37);
+  const Eigen::VectorXd yd0 = yd;
+  ops::divide(this->ctx, xv, dv, -0.5, vector_view<double, cpu>(yd.data(), n));
+  for (index_t i = 0; i < n; ++i) {
+    const double q = double(x(i)) / d(i);
+    EXPECT_EQ(y(i), static_cast<T>(q + double(y0(i)))) << i;
+    EXPECT_EQ(yd(i), q - 0.5 * yd0(i)) << i;
+  }
+  // An exact case: 3 / 2 + 0.25 = 1.75.
+  const host_matrix<T> three = host_matrix<T>::Constant(1, 1, T(3));
+  const Eigen::VectorXd two = Eigen::VectorXd::Constant(1, 2.0);
+  host_matrix<T> quarter = host_matrix<T>::Constant(1, 1, T(0.25));
+  ops::divide(this->ctx, vector_view<const T, cpu>(three.data(), 1),
+              vector_view<const double, cpu>(two.data(), 1), 1.0,
+              vector_view<T, cpu>(quarter.data(), 1));
+  EXPECT_EQ(quarter(0), T(1.75));
+}

@@ -160,8 +160,7 @@ outputs run_dora(const problem<T>& p) {
   outputs o;
   o.add("magnitude", host_copy(ctx, as_const(layer.magnitude())));
   two_steps(ctx, layer, p, o);
-  o.add("norms", host_matrix<double>(Eigen::Map<const Eigen::VectorXd>(
-                     layer.norms().data(), index_t(layer.norms().size()))));
+  o.add("norms", host_copy(ctx, layer.norms().as_matrix()));
   o.add("grad_a", host_copy(ctx, as_const(layer.grad_a())));
   o.add("grad_b", host_copy(ctx, as_const(layer.grad_b())));
   o.add("grad_magnitude", host_copy(ctx, as_const(layer.grad_magnitude())));
@@ -326,6 +325,55 @@ TYPED_TEST(adapters_cross_backend, operations_match_the_cpu) {
     ops<cuda>::column_dots(gpu, dx, dy, as_vector(dc));
     EXPECT_TRUE(same_bits<double>(dr.to_eigen(), hr)) << "row_dots";
     EXPECT_LE((dc.to_eigen() - hc).cwiseAbs().maxCoeff(), 1e-14 * rows) << "column_dots";
+  }
+  {  // factored_row_norms (a negative square and a zero row meet the floor) and divide
+    constexpr index_t n = 9;
+    host_matrix<double> w = random_matrix<double>(n, 1, 43).cwiseAbs();
+    host_matrix<double> b = random_matrix<double>(n, 1, 44);
+    host_matrix<double> c = random_matrix<double>(n, 1, 45).cwiseAbs();
+    w(0) = 1, b(0) = -10, c(0) = 0;
+    w(1) = 0, b(1) = 0, c(1) = 0;
+    const auto hv = [](const host_matrix<double>& m) {
+      return vector_view<const double, cpu>(m.data(), m.rows());
+    };
+    const auto dv = [](const matrix<double, cuda>& m) {
+      return vector_view<const double, cuda>(m.data(), m.rows());
+    };
+    const matrix<double, cuda> dw(gpu, w), db(gpu, b), dc(gpu, c);
+    host_matrix<double> hn(n, 1);
+    matrix<double, cuda> dn(gpu, n, 1);
+    ops<cpu>::factored_row_norms(host, 0.75, 1e-12, hv(w), hv(b), hv(c),
+                                 vector_view<double, cpu>(hn.data(), n));
+    ops<cuda>::factored_row_norms(gpu, 0.75, 1e-12, dv(dw), dv(db), dv(dc), as_vector(dn));
+    EXPECT_TRUE(same_bits<double>(dn.to_eigen(), hn)) << "factored_row_norms";
+    EXPECT_EQ(hn(0), 1e-12) << "factored_row_norms, a negative square";
+
+    // divide: T / double into T over a NaN (beta = 0), double / double into
+    // T (beta = 1), T / double into double (beta = -0.5).
+    const host_matrix<T> x = random_matrix<T>(n, 1, 46);
+    const matrix<T, cuda> dx(gpu, x);
+    const vector_view<const T, cpu> hx(x.data(), n);
+    const vector_view<const T, cuda> dxv(dx.data(), n);
+    for (const double beta : {0.0, 1.0}) {
+      host_matrix<T> hy =
+          beta == 0
+              ? host_matrix<T>(host_matrix<T>::Constant(n, 1, std::numeric_limits<T>::quiet_NaN()))
+              : host_matrix<T>(random_matrix<T>(n, 1, 47));
+      matrix<T, cuda> dy(gpu, hy);
+      if (beta == 0) {
+        ops<cpu>::divide(host, hx, hv(hn), beta, vector_view<T, cpu>(hy.data(), n));
+        ops<cuda>::divide(gpu, dxv, dv(dn), beta, as_vector(dy));
+      } else {
+        ops<cpu>::divide(host, hv(w), hv(hn), beta, vector_view<T, cpu>(hy.data(), n));
+        ops<cuda>::divide(gpu, dv(dw), dv(dn), beta, as_vector(dy));
+      }
+      EXPECT_TRUE(same_bits(dy.to_eigen(), hy)) << "divide, beta " << beta;
+    }
+    host_matrix<double> hq = random_matrix<double>(n, 1, 48);
+    matrix<double, cuda> dq(gpu, hq);
+    ops<cpu>::divide(host, hx, hv(hn), -0.5, vector_view<double, cpu>(hq.data(), n));
+    ops<cuda>::divide(gpu, dxv, dv(dn), -0.5, as_vector(dq));
+    EXPECT_TRUE(same_bits<double>(dq.to_eigen(), hq)) << "divide into double";
   }
   {  // upload_indices, gather_rows, scatter_add_rows
     const std::vector<index_t> picks{5, 0, 31, 7, 2, 19};

@@ -761,6 +761,34 @@ struct ops<cpu> {
     });
   }
 
+  /// n_i = max(sqrt(max(w_i + 2 s b_i + s^2 c_i, 0)), floor): the row norms
+  /// of W + s B A from w_i = ||W_i||^2, b_i = <B_i, (W A^T)_i> and
+  /// c_i = <B_i, (B A A^T)_i> (DoRA's factored norm). A NaN stays NaN.
+  static void factored_row_norms(context<cpu>& /*ctx*/, double s, double floor,
+                                 vector_view<const double, cpu> w, vector_view<const double, cpu> b,
+                                 vector_view<const double, cpu> c, vector_view<double, cpu> n) {
+    LOWRANK_ASSERT(w.size() == n.size() && b.size() == n.size() && c.size() == n.size());
+    const double two_s = 2 * s;
+    const double s2 = s * s;
+    for (index_t i = 0; i < n.size(); ++i) {
+      const double sq = w[i] + two_s * b[i] + s2 * c[i];
+      const double norm = std::sqrt(sq < 0 ? 0.0 : sq);
+      n[i] = norm < floor ? floor : norm;
+    }
+  }
+
+  /// y_i = x_i / d_i + beta y_i, computed in double and rounded once to y's
+  /// type (beta = 0 ignores y's previous content).
+  template <scalar U, scalar V>
+  static void divide(context<cpu>& /*ctx*/, vector_view<const U, cpu> x,
+                     vector_view<const double, cpu> d, double beta, vector_view<V, cpu> y) {
+    LOWRANK_ASSERT(x.size() == y.size() && d.size() == y.size());
+    for (index_t i = 0; i < y.size(); ++i) {
+      const double q = double(x[i]) / d[i];
+      y[i] = static_cast<V>(beta == 0 ? q : q + beta * double(y[i]));
+    }
+  }
+
   /// Out(k, :) = X(rows[k], :) for k < rows.size() (out is rows.size() x
   /// x.cols(); every rows[k] in [0, x.rows())): column panels.
   template <scalar T>

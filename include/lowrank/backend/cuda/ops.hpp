@@ -733,6 +733,32 @@ struct ops<cuda> {
     detail::check(cudaGetLastError(), "lowrank::ops<cuda>::column_dots: kernel launch");
   }
 
+  /// n_i = max(sqrt(max(w_i + 2 s b_i + s^2 c_i, 0)), floor) in double (DoRA's
+  /// row norms): the CPU's bits.
+  static void factored_row_norms(context<cuda>& ctx, double s, double floor,
+                                 vector_view<const double, cuda> w,
+                                 vector_view<const double, cuda> b,
+                                 vector_view<const double, cuda> c, vector_view<double, cuda> n) {
+    LOWRANK_ASSERT(w.size() == n.size() && b.size() == n.size() && c.size() == n.size());
+    if (n.empty()) return;
+    detail::kernels::factored_row_norms<<<detail::kernels::grid_for(n.size()),
+                                          detail::kernels::block_threads, 0, ctx.stream()>>>(
+        s, floor, w.data(), b.data(), c.data(), n.size(), n.data());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::factored_row_norms: kernel launch");
+  }
+
+  /// y_i = x_i / d_i + beta y_i in double, rounded once to y's type (beta = 0
+  /// ignores y): the CPU's bits.
+  template <scalar U, scalar V>
+  static void divide(context<cuda>& ctx, vector_view<const U, cuda> x,
+                     vector_view<const double, cuda> d, double beta, vector_view<V, cuda> y) {
+    LOWRANK_ASSERT(x.size() == y.size() && d.size() == y.size());
+    if (y.empty()) return;
+    detail::kernels::divide<<<detail::kernels::grid_for(y.size()), detail::kernels::block_threads,
+                              0, ctx.stream()>>>(x.data(), d.data(), beta, y.data(), y.size());
+    detail::check(cudaGetLastError(), "lowrank::ops<cuda>::divide: kernel launch");
+  }
+
   /// Out(k, :) = X(rows[k], :) for k < rows.size() (rows in device memory;
   /// out is rows.size() x x.cols(); every rows[k] in [0, x.rows())).
   template <scalar T>

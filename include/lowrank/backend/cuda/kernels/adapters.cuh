@@ -8,8 +8,8 @@
 /// intrinsics (__fmul_rn, __dadd_rn, ...), which nvcc never fuses into an
 /// FMA, so that each element-wise result is the CPU backend's expression
 /// rounded the same way: affine, axpby, dropout, add_row_vector,
-/// scatter_add_rows and row_dots (one thread per row, the columns in order,
-/// as the CPU adds them) give the CPU's bits (on a CPU build without FMA
+/// scatter_add_rows, factored_row_norms, divide and row_dots (one thread per
+/// row, the columns in order, as the CPU adds them) give the CPU's bits (on a CPU build without FMA
 /// contraction, the default on x86-64). The dropout mask is the CPU's: the
 /// same Philox words, lane i % 4 of block i / 4 of column j.
 ///
@@ -134,6 +134,31 @@ __global__ void column_dots(const T* x, index_t ldx, const T* y, index_t ldy, in
     const double total = block_sum(sum);
     if (threadIdx.x == 0) out[j] = total;
     __syncthreads();
+  }
+}
+
+/// n_i = max(sqrt(max(w_i + 2 s b_i + s^2 c_i, 0)), floor), the CPU's
+/// expression and comparisons (a NaN stays NaN).
+template <class Unused = void>
+__global__ void factored_row_norms(double s, double floor, const double* w, const double* b,
+                                   const double* c, index_t n, double* out) {
+  const double two_s = __dmul_rn(2.0, s);
+  const double s2 = __dmul_rn(s, s);
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += index_t(gridDim.x) * blockDim.x) {
+    const double sq = __dadd_rn(__dadd_rn(w[i], __dmul_rn(two_s, b[i])), __dmul_rn(s2, c[i]));
+    const double norm = __dsqrt_rn(sq < 0 ? 0.0 : sq);
+    out[i] = norm < floor ? floor : norm;
+  }
+}
+
+/// y_i = x_i / d_i + beta y_i in double, rounded once to V (beta = 0 ignores y).
+template <class U, class V>
+__global__ void divide(const U* x, const double* d, double beta, V* y, index_t n) {
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += index_t(gridDim.x) * blockDim.x) {
+    const double q = __ddiv_rn(double(x[i]), d[i]);
+    y[i] = static_cast<V>(beta == 0 ? q : __dadd_rn(q, __dmul_rn(beta, double(y[i]))));
   }
 }
 
