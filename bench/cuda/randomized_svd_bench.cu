@@ -213,7 +213,9 @@ double median_ms(lowrank::context<lowrank::cuda>& ctx, int reps, F&& fn) {
 // alone (milliseconds, median): the Cholesky QR factor of an l x l Gram
 // matrix (ops::cholesky_factor), the l x l SVD (ops::svd), one Cholesky QR
 // pass and CholQR2 on a 4096 x l block (orthonormalize), and a bare stream
-// synchronisation. It shows where the time beyond the GEMM passes goes.
+// synchronisation; also the SVD's method and Jacobi sweeps
+// (context<cuda>::svd_report). It shows where the time beyond the GEMM
+// passes goes.
 void small_steps_cuda(benchmark::State& state) {
   if (!lowrank::context<lowrank::cuda>::device_available()) {
     state.SkipWithError("no CUDA device visible");
@@ -241,6 +243,7 @@ void small_steps_cuda(benchmark::State& state) {
   ops::convert(ctx, r.view(), rf.view());
   const double svd =
       median_ms(ctx, 20, [&] { ops::svd<float>(ctx, rf.view(), u.view(), s.view(), v.view()); });
+  const lowrank::cuda_svd_report svd_report = ctx.svd_report();
   const auto orth = [&](lowrank::orth_accuracy accuracy) {
     return median_ms(ctx, 20, [&] {
       ops::copy<float>(ctx, y0.view(), y.view());
@@ -256,6 +259,9 @@ void small_steps_cuda(benchmark::State& state) {
   }
   state.counters["cholesky_ms"] = cholesky;
   state.counters["svd_ms"] = svd;
+  // 1 Jacobi, 2 syevd + QR, 3 gesvd; the Jacobi kernel's sweeps (0: not run).
+  state.counters["svd_method"] = double(svd_report.method);
+  state.counters["svd_sweeps"] = svd_report.jacobi_sweeps;
   state.counters["cholqr_ms"] = basis;
   state.counters["cholqr2_ms"] = orthonormal;
   state.counters["sync_ms"] = sync;

@@ -231,6 +231,23 @@ TYPED_TEST(cross_backend, small_factorizations_match_the_cpu) {
     matrix<T, cuda> gv(gpu, sh.n, k);
     vector<T, cuda> gs(gpu, k);
     ops<cuda>::svd(gpu, gm.view(), gu.view(), gs.view(), gv.view());
+    // The method that ran: Jacobi wherever it fits, converged, except for the
+    // zero column, which it hands on.
+    const cuda_svd_report report = gpu.svd_report();
+    const cuda_svd_method after_jacobi = ops<cuda>::svd_by_eigen<T>(std::max(sh.m, sh.n), k)
+                                             ? cuda_svd_method::eigen
+                                             : cuda_svd_method::gesvd;
+    if (ops<cuda>::svd_by_jacobi(gpu, sh.m, sh.n)) {
+      EXPECT_GT(report.jacobi_sweeps, 0) << sh.m << " x " << sh.n;
+      EXPECT_LE(report.jacobi_sweeps, ops<cuda>::jacobi_max_sweeps) << sh.m << " x " << sh.n;
+      const bool zero = sh.k == kind::zero_column;
+      EXPECT_EQ(report.jacobi_handed_on, zero) << sh.m << " x " << sh.n;
+      EXPECT_EQ(report.method, zero ? after_jacobi : cuda_svd_method::jacobi)
+          << sh.m << " x " << sh.n << ", " << report.jacobi_sweeps << " sweeps";
+    } else {
+      EXPECT_EQ(report.jacobi_sweeps, 0) << sh.m << " x " << sh.n;
+      EXPECT_EQ(report.method, after_jacobi) << sh.m << " x " << sh.n;
+    }
     host_matrix<T> u(sh.m, k);
     host_matrix<T> v(sh.n, k);
     Eigen::Matrix<T, Eigen::Dynamic, 1> s(k);

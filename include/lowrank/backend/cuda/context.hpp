@@ -21,6 +21,23 @@
 
 namespace lowrank {
 
+/// The method the last `ops<cuda>::svd` on a context used.
+enum class cuda_svd_method {
+  none,    ///< no SVD yet (or of an empty matrix)
+  jacobi,  ///< the one-block Jacobi kernel (kernels/jacobi.cuh)
+  eigen,   ///< syevd + QR in double (small float matrices)
+  gesvd,   ///< cuSOLVER's gesvd
+};
+
+/// What the last `ops<cuda>::svd` on a context did (for benchmarks, tests and
+/// tuning; `context<cuda>::svd_report()`).
+struct cuda_svd_report {
+  cuda_svd_method method = cuda_svd_method::none;
+  int jacobi_sweeps = 0;  ///< sweeps the Jacobi kernel made (0: it did not run)
+  bool jacobi_handed_on =
+      false;  ///< it ran, then handed X on (zero singular value, no convergence)
+};
+
 template <>
 class context<cuda> {
  public:
@@ -78,6 +95,11 @@ class context<cuda> {
     return shared_memory_per_block_;
   }
 
+  /// What the last `ops<cuda>::svd` on this context did.
+  [[nodiscard]] const cuda_svd_report& svd_report() const noexcept { return svd_report_; }
+  /// Written by `ops<cuda>::svd`.
+  [[nodiscard]] cuda_svd_report& svd_report() noexcept { return svd_report_; }
+
   /// Makes the context's device current on the calling thread.
   void make_current() const {
     detail::check(cudaSetDevice(device_), "lowrank::context<cuda>::make_current");
@@ -113,6 +135,7 @@ class context<cuda> {
     workspace_ = std::exchange(other.workspace_, nullptr);
     workspace_bytes_ = std::exchange(other.workspace_bytes_, 0);
     shared_memory_per_block_ = other.shared_memory_per_block_;
+    svd_report_ = other.svd_report_;
   }
 
   void release() noexcept {
@@ -140,6 +163,7 @@ class context<cuda> {
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
   std::size_t shared_memory_per_block_ = 0;
+  cuda_svd_report svd_report_;
 };
 
 }  // namespace lowrank

@@ -340,9 +340,8 @@ struct ops<cuda> {
   ///   the last digits without squaring X, one launch and one status download.
   ///   On an H200 it takes 1.5 ms at 74 x 74 (float data), as the syevd route
   ///   below did; for double data it replaces gesvd (7 ms at 74 x 74). A zero
-  ///   singular value
-  ///   (U's column undefined) or no convergence in `jacobi_max_sweeps` sweeps
-  ///   hands X to the methods below.
+  ///   singular value (U's column undefined) or no convergence in
+  ///   `jacobi_max_sweeps` sweeps hands X to the methods below.
   /// - float, small X (mt nt <= 512^2, such as the l x l factors of the
   ///   randomized SVDs): in double, X^T X = V diag(s^2) V^T by syevd, then
   ///   U = the Q of a Householder QR of X V (signs from R's diagonal), s =
@@ -356,6 +355,8 @@ struct ops<cuda> {
   ///   about n eps / 2; gesvdp gave wrong singular values for ill-conditioned
   ///   matrices).
   /// - otherwise gesvd (QR iteration) in T.
+  /// `ctx.svd_report()` tells afterwards which method ran and how many sweeps
+  /// the Jacobi kernel made.
   /// @throws lowrank::numerical_error if the method does not converge.
   template <scalar T>
   static void svd(context<cuda>& ctx, input<T> a, matrix_view<T, cuda> u, vector_view<T, cuda> s,
@@ -366,6 +367,8 @@ struct ops<cuda> {
     // X (mt x nt) = U' S V'^T with X = A (tall) or A^T (wide).
     const index_t mt = wide ? a.cols() : a.rows();
     const index_t nt = wide ? a.rows() : a.cols();
+    auto& report = ctx.svd_report();
+    report = {};
     if (nt == 0) return;
     const int m = cb::to_int(mt, fn, "rows");
     const int n = cb::to_int(nt, fn, "cols");
@@ -393,11 +396,17 @@ struct ops<cuda> {
           right.data(), right.ld(), status);
       detail::check(cudaGetLastError(), "lowrank::ops<cuda>::svd: jacobi_svd");
       const auto host = download_value(ctx, status, "lowrank::ops<cuda>::svd: cudaMemcpyAsync");
-      if (host.converged != 0 && host.zero_columns == 0) return;
+      report.jacobi_sweeps = host.sweeps;
+      if (host.converged != 0 && host.zero_columns == 0) {
+        report.method = cuda_svd_method::jacobi;
+        return;
+      }
+      report.jacobi_handed_on = true;
       // A zero singular value leaves U's column undefined, and the sweeps
       // rarely fail to converge: both go on to the methods below.
     }
     if (svd_by_eigen<T>(mt, nt)) {
+      report.method = cuda_svd_method::eigen;
       matrix<double, cuda> xd(ctx, mt, nt);
       matrix<double, cuda> e(ctx, nt, nt);   // X^T X, then its eigenvectors
       matrix<double, cuda> vd(ctx, nt, nt);  // V (descending)
@@ -452,6 +461,7 @@ struct ops<cuda> {
       return;
     }
 
+    report.method = cuda_svd_method::gesvd;
     int lwork = 0;
     detail::check(cb::gesvd_buffer(ctx.solver(), m, n, T(0), &lwork),
                   "lowrank::ops<cuda>::svd: cusolverDn<t>gesvd_bufferSize");
