@@ -336,7 +336,7 @@ struct ops<cuda> {
   /// - X up to 128 x 128 (when the device has the shared memory: 201 KB at
   ///   112 x 112; all of 128 x 128 does not fit an H200): one-sided Jacobi
   ///   in double in one block (kernels/jacobi.cuh; rotation threshold
-  ///   sqrt(mt) eps_double, as LAPACK's dgesvj), rounded to T: accurate to
+  ///   sqrt(mt) eps_T, as LAPACK's sgesvj and dgesvj), rounded to T: accurate to
   ///   the last digits without squaring X, one launch and one status download.
   ///   On an H200 it takes 1.5 ms at 74 x 74 (float data), as the syevd route
   ///   below did; for double data it replaces gesvd (7 ms at 74 x 74). A zero
@@ -390,7 +390,10 @@ struct ops<cuda> {
       const std::size_t bytes = k::jacobi_svd_shared_bytes(mt, nt);
       allow_shared_memory(ctx, k::jacobi_svd<T>, "lowrank::ops<cuda>::svd: cudaFuncSetAttribute");
       auto* status = static_cast<k::jacobi_svd_status*>(ctx.workspace(256));
-      const double tol = std::sqrt(double(mt)) * std::numeric_limits<double>::epsilon();
+      // LAPACK's threshold for T (sgesvj, dgesvj): a rotation below it
+      // changes nothing T can hold, and float data needs fewer sweeps
+      // (tools/jacobi_sweeps.py: 8 -> 7 at l = 74 for a randomized SVD's R).
+      const double tol = std::sqrt(double(mt)) * double(std::numeric_limits<T>::epsilon());
       k::jacobi_svd<T><<<1, k::jacobi_threads, bytes, ctx.stream()>>>(
           a.data(), a.ld(), wide, mt, nt, tol, jacobi_max_sweeps, left.data(), left.ld(), s.data(),
           right.data(), right.ld(), status);

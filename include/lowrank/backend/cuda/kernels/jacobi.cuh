@@ -26,7 +26,8 @@
 /// `jacobi_group` threads; the sweeps stop when one rotates nothing. One-sided
 /// Jacobi is accurate to the last digits (Demmel and Veselic 1992): each
 /// singular value errs by a small multiple of eps_double s_p cond(D X) for
-/// the best column scaling D, and U, V are orthonormal to about tol. Every
+/// the best column scaling D (plus about tol^2 s_p from stopping), U is
+/// orthonormal to about tol and V to double precision. Every
 /// thread's work and every sum's order are fixed: the result is the same bits
 /// on every run.
 
