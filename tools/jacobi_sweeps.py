@@ -4,26 +4,35 @@
 The l x l SVD at the end of a randomized SVD runs as one block of Jacobi
 rotations on the GPU (include/lowrank/backend/cuda/kernels/jacobi.cuh); its
 time is (sweeps) x (l - 1 rounds) x (one round's latency). The sweep count
-depends only on the matrix and on the rotation threshold, not on the GPU, so
-it can be studied here: this script runs the kernel's algorithm (the circle
-method's pair order, Rutishauser's rotation, the 16-lane partial sums) in
-double and prints the sweeps until one rotates nothing, for
+depends only on the matrix, the rotation threshold and whether the columns
+or the rows are rotated, not on the GPU, so it can be studied here: this
+script runs the kernel's algorithm (the circle method's pair order,
+Rutishauser's rotation, the 16-lane partial sums) in double and prints the
+sweeps until one rotates nothing, at l = 74, for
 
 - the bench's small_steps R: the Cholesky factor of the Gram matrix of a
   Gaussian 4096 x l float block (clustered singular values: slow to start);
-- a randomized SVD's R (k = 64, l = 74, q = 2) of the GPU bench's matrix
-  type, A = L diag(0.97^i) R^T / sqrt(n) + 1e-3 N (2048 x 2048 here);
+- a randomized SVD's R (k = 64, q = 2) of the GPU bench's matrix type,
+  A = L diag(0.97^i) R^T / sqrt(n) + 1e-3 N (2048 x 2048 here);
+- the triangular factor of a QR of U diag(s) V^T (random U, V) for
+  s_i = 0.85^i and for s over 12 decades (graded spectra);
 
-each with the thresholds sqrt(l) eps_double (LAPACK's dgesvj) and
-sqrt(l) eps_float (sgesvj), on R and on R^T. Usage: tools/jacobi_sweeps.py
-(numpy only; about a minute). Measured 2026-11-28 (numpy 2.4):
+by columns (X = R) and by rows (X = R^T), with the thresholds sqrt(l)
+eps_double (LAPACK's dgesvj) and sqrt(l) eps_float (sgesvj). Usage:
+tools/jacobi_sweeps.py (numpy only; about four minutes). Measured 2026-11-29
+(numpy 2.4):
 
-    matrix                      tol eps_double   tol eps_float
-    small_steps R (l = 74)            10                8
-    randomized SVD's R                 8                7
-    randomized SVD's R^T               8                6
+    matrix                        eps_double        eps_float
+                                  cols  rows        cols  rows
+    small_steps R (l = 74)          10     9           8     8
+    randomized SVD's R               8     8           7     6
+    QR's R, s_i = 0.85^i            19     9          18     8
+    QR's R, 12 decades              26    10          25     8
 
-(another seed gave 8 and 6 for R, 7 and 6 for R^T).
+Hence ops<cuda>::svd rotates a square matrix by rows with the data's
+threshold: the triangular factor's rows are graded like its singular values,
+and by columns a graded spectrum comes close to the 30-sweep limit, beyond
+which the kernel hands the matrix to cuSOLVER.
 """
 
 import numpy as np
@@ -70,6 +79,13 @@ def jacobi_sweeps(x, tol, max_sweeps=30):
     return max_sweeps + 1
 
 
+def graded_triangle(rng, l, singular_values):
+    """R of the QR of U diag(s) V^T, U and V random orthogonal, in float."""
+    u = np.linalg.qr(rng.standard_normal((l, l)))[0]
+    v = np.linalg.qr(rng.standard_normal((l, l)))[0]
+    return np.linalg.qr((u * singular_values) @ v.T)[1].astype(np.float32)
+
+
 def main():
     l = 74
     tols = {"eps_double": np.sqrt(l) * np.finfo(np.float64).eps,
@@ -92,10 +108,15 @@ def main():
     b = (q.T @ a).astype(np.float32)
     r_svd = np.linalg.qr(b.T.astype(np.float64))[1].astype(np.float32)
 
-    print(f"{'matrix':<28}" + "".join(f"{'tol ' + name:>16}" for name in tols))
-    for name, x in [("small_steps R (l = 74)", r_steps), ("randomized SVD's R", r_svd),
-                    ("randomized SVD's R^T", r_svd.T)]:
-        print(f"{name:<28}" + "".join(f"{jacobi_sweeps(x, tol):>16}" for tol in tols.values()))
+    print("By columns (X = R) and by rows (X = R^T), for each threshold:")
+    print(f"{'matrix':<34}" + "".join(f"{'cols, ' + t:>18}{'rows, ' + t:>18}" for t in tols))
+    cases = [("small_steps R (l = 74)", r_steps), ("randomized SVD's R", r_svd),
+             ("QR's R, s_i = 0.85^i", graded_triangle(rng, l, 0.85 ** np.arange(l))),
+             ("QR's R, s_i over 12 decades", graded_triangle(rng, l, np.logspace(0, -12, l)))]
+    for name, x in cases:
+        row = "".join(f"{jacobi_sweeps(x, tol):>18}{jacobi_sweeps(x.T, tol):>18}"
+                      for tol in tols.values())
+        print(f"{name:<34}{row}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@
 // clang-format on
 
 #include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <random>
@@ -101,22 +103,35 @@ void cholesky_breakdown(index_t n) {
   check(status.input_finite == 0, "NaN: input_finite", status.input_finite, 0);
 }
 
-enum class kind { random, rank_30, zero_column };
+enum class kind { random, rank_30, zero_column, graded_triangle };
 
+/// The SVD of A (rows x cols) by the kernel, on X = A^T when A is wide or
+/// `by_rows`, else on X = A; returns the sweeps.
 template <class T>
-void jacobi(index_t rows, index_t cols, kind what) {
-  std::printf("jacobi_svd<%s> %ld x %ld%s\n", sizeof(T) == 4 ? "float" : "double", long(rows),
-              long(cols),
-              what == kind::rank_30       ? ", rank 30"
-              : what == kind::zero_column ? ", zero column"
-                                          : "");
+int jacobi(index_t rows, index_t cols, kind what, bool by_rows = false) {
+  const char* name = what == kind::rank_30           ? ", rank 30"
+                     : what == kind::zero_column     ? ", zero column"
+                     : what == kind::graded_triangle ? ", R of a QR, s_i = 0.85^i"
+                                                     : "";
+  std::printf("jacobi_svd<%s> %ld x %ld%s%s\n", sizeof(T) == 4 ? "float" : "double", long(rows),
+              long(cols), name, by_rows ? ", by rows" : "");
   host<T> a = random_matrix<T>(rows, cols, unsigned(rows * 1000 + cols));
   if (what == kind::rank_30) {
     a = random_matrix<T>(rows, 30, 1) * random_matrix<T>(30, cols, 2);
   } else if (what == kind::zero_column) {
     a.col(5).setZero();
+  } else if (what == kind::graded_triangle) {
+    const Eigen::MatrixXd left =
+        random_matrix<double>(rows, rows, 3).householderQr().householderQ();
+    const Eigen::MatrixXd right =
+        random_matrix<double>(cols, cols, 4).householderQr().householderQ();
+    Eigen::VectorXd graded(cols);
+    for (index_t i = 0; i < cols; ++i) graded(i) = std::pow(0.85, double(i));
+    const Eigen::MatrixXd dense = left * graded.asDiagonal() * right.transpose();
+    a = Eigen::MatrixXd(dense.householderQr().matrixQR().triangularView<Eigen::Upper>())
+            .template cast<T>();
   }
-  const bool transposed = rows < cols;
+  const bool transposed = rows < cols || by_rows;
   const index_t m = transposed ? cols : rows;
   const index_t n = transposed ? rows : cols;
   host<T> u(m, n), v(n, n);
@@ -129,7 +144,7 @@ void jacobi(index_t rows, index_t cols, kind what) {
               status.zero_columns);
   if (what == kind::zero_column) {
     check(status.zero_columns > 0, "zero column reported", status.zero_columns, 0);
-    return;
+    return status.sweeps;
   }
   check(status.converged == 1 && status.zero_columns == 0, "converged, no zero column",
         status.converged == 1 ? 0 : 1, 0);
@@ -155,6 +170,7 @@ void jacobi(index_t rows, index_t cols, kind what) {
   check(orth(vd) <= bound, "max |V^T V - I|", orth(vd), bound);
   const double residual = (ud * sd.asDiagonal() * vd.transpose() - x).norm() / x.norm();
   check(residual <= bound, "||U S V^T - X|| / ||X||", residual, bound);
+  return status.sweeps;
 }
 
 template <class T>
@@ -172,6 +188,12 @@ void all(bool factor, bool svd) {
   jacobi<T>(60, 100, kind::random);
   jacobi<T>(74, 74, kind::rank_30);
   jacobi<T>(74, 74, kind::zero_column);
+  // A QR's triangular factor: by rows (as ops<cuda>::svd takes a square
+  // matrix) in far fewer sweeps than by columns.
+  const int by_columns = jacobi<T>(74, 74, kind::graded_triangle, false);
+  const int by_rows = jacobi<T>(74, 74, kind::graded_triangle, true);
+  check(by_rows <= 13 && by_rows < by_columns, "graded triangle: sweeps by rows", by_rows,
+        std::min(13, by_columns - 1));
 }
 
 }  // namespace

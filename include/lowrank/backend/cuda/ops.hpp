@@ -336,7 +336,8 @@ struct ops<cuda> {
   /// - X up to 128 x 128 (when the device has the shared memory: 201 KB at
   ///   112 x 112; all of 128 x 128 does not fit an H200): one-sided Jacobi
   ///   in double in one block (kernels/jacobi.cuh; rotation threshold
-  ///   sqrt(mt) eps_T, as LAPACK's sgesvj and dgesvj), rounded to T: accurate to
+  ///   sqrt(mt) eps_T, as LAPACK's sgesvj and dgesvj; a square A is rotated
+  ///   by rows, X = A^T), rounded to T: accurate to
   ///   the last digits without squaring X, one launch and one status download.
   ///   On an H200 it takes 1.5 ms at 74 x 74 (float data), as the syevd route
   ///   below did; for double data it replaces gesvd (7 ms at 74 x 74). A zero
@@ -387,16 +388,25 @@ struct ops<cuda> {
 
     namespace k = detail::kernels;
     if (svd_by_jacobi(ctx, mt, nt)) {
+      // A square A is rotated by rows (X = A^T), as a wide one: for the
+      // triangular factor of a QR (the l x l SVD of the randomized SVDs),
+      // whose rows are graded like its singular values, that takes 8 sweeps
+      // where the columns take 18 (s_i = 0.85^i) or 25 (s over 12 decades),
+      // and 6 instead of 7 for a randomized SVD's R (tools/jacobi_sweeps.py).
+      const bool by_rows = a.rows() <= a.cols();
+      const matrix_view<T, cuda> jl = by_rows ? v : u;
+      const matrix_view<T, cuda> jr = by_rows ? u : v;
       const std::size_t bytes = k::jacobi_svd_shared_bytes(mt, nt);
       allow_shared_memory(ctx, k::jacobi_svd<T>, "lowrank::ops<cuda>::svd: cudaFuncSetAttribute");
       auto* status = static_cast<k::jacobi_svd_status*>(ctx.workspace(256));
       // LAPACK's threshold for T (sgesvj, dgesvj): a rotation below it
       // changes nothing T can hold, and float data needs fewer sweeps
-      // (tools/jacobi_sweeps.py: 8 -> 7 at l = 74 for a randomized SVD's R).
+      // (tools/jacobi_sweeps.py: 8 -> 6 at l = 74 for a randomized SVD's R,
+      // by rows).
       const double tol = std::sqrt(double(mt)) * double(std::numeric_limits<T>::epsilon());
       k::jacobi_svd<T><<<1, k::jacobi_threads, bytes, ctx.stream()>>>(
-          a.data(), a.ld(), wide, mt, nt, tol, jacobi_max_sweeps, left.data(), left.ld(), s.data(),
-          right.data(), right.ld(), status);
+          a.data(), a.ld(), by_rows, mt, nt, tol, jacobi_max_sweeps, jl.data(), jl.ld(), s.data(),
+          jr.data(), jr.ld(), status);
       detail::check(cudaGetLastError(), "lowrank::ops<cuda>::svd: jacobi_svd");
       const auto host = download_value(ctx, status, "lowrank::ops<cuda>::svd: cudaMemcpyAsync");
       report.jacobi_sweeps = host.sweeps;
