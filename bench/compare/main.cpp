@@ -334,7 +334,8 @@ class comparison {
 #if LOWRANK_COMPARE_CUDA
   /// The GPU comparison: the exact SVD through lowrank's backend (its Jacobi
   /// kernel for small matrices, cuSOLVER's syevd + QR in double for small
-  /// float ones, gesvd otherwise; the row names the route) and
+  /// float ones, gesvd otherwise; the row names the route taken, from
+  /// context<cuda>::svd_report) and
   /// randomized gesvdr against lowrank's randomized SVDs on the device. Each
   /// time includes the stream's synchronisation; the factors are downloaded
   /// (untimed) to measure them like the CPU rows.
@@ -352,11 +353,7 @@ class comparison {
     };
 
     if (!o_.skip_exact) {
-      using gpu_ops = lowrank::ops<lowrank::cuda>;
-      const std::string method = gpu_ops::svd_by_jacobi(gpu, m, n) ? "lowrank one-sided Jacobi"
-                                 : gpu_ops::svd_by_eigen<T>(m, n)  ? "cuSOLVER syevd + QR"
-                                                                   : "cuSOLVER gesvd";
-      progress(("exact SVD (" + method + ")").c_str());
+      progress("exact SVD (lowrank ops<cuda>::svd)");
       const index_t r = std::min(m, n);
       device_matrix u(gpu, m, r);
       device_matrix v(gpu, n, r);
@@ -370,8 +367,8 @@ class comparison {
       const column<T> hs = s.to_eigen();
       if (!reference_) reference_ = hs.template cast<double>();
       exact_seconds_ = seconds;
-      add("exact: " + method, seconds, u.to_eigen().leftCols(k), hs.head(k),
-          v.to_eigen().leftCols(k));
+      add(std::string("exact: ") + gpu.svd_report().method_name(), seconds,
+          u.to_eigen().leftCols(k), hs.head(k), v.to_eigen().leftCols(k));
     } else {
       ++step;
     }

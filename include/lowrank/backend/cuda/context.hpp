@@ -34,8 +34,26 @@ enum class cuda_svd_method {
 struct cuda_svd_report {
   cuda_svd_method method = cuda_svd_method::none;
   int jacobi_sweeps = 0;  ///< sweeps the Jacobi kernel made (0: it did not run)
-  bool jacobi_handed_on =
-      false;  ///< it ran, then handed X on (zero singular value, no convergence)
+
+  /// The Jacobi kernel ran, then handed X on (a zero singular value, or no
+  /// convergence).
+  [[nodiscard]] bool jacobi_handed_on() const noexcept {
+    return jacobi_sweeps > 0 && method != cuda_svd_method::jacobi;
+  }
+  /// The method's name, as benchmarks print it.
+  [[nodiscard]] const char* method_name() const noexcept {
+    switch (method) {
+      case cuda_svd_method::jacobi:
+        return "lowrank one-sided Jacobi";
+      case cuda_svd_method::eigen:
+        return "cuSOLVER syevd + QR";
+      case cuda_svd_method::gesvd:
+        return "cuSOLVER gesvd";
+      case cuda_svd_method::none:
+        break;
+    }
+    return "none";
+  }
 };
 
 template <>

@@ -339,8 +339,9 @@ struct ops<cuda> {
   ///   sqrt(mt) eps_T, as LAPACK's sgesvj and dgesvj; a square A is rotated
   ///   by rows, X = A^T), rounded to T: accurate to
   ///   the last digits without squaring X, one launch and one status download.
-  ///   On an H200 it takes 1.5 ms at 74 x 74 (float data), as the syevd route
-  ///   below did; for double data it replaces gesvd (7 ms at 74 x 74). A zero
+  ///   On an H200 it took 1.5 ms at 74 x 74 (float data, commit 0428e30,
+  ///   before the threshold and orientation above), as the syevd route below
+  ///   did; for double data it replaces gesvd (7 ms at 74 x 74). A zero
   ///   singular value (U's column undefined) or no convergence in
   ///   `jacobi_max_sweeps` sweeps hands X to the methods below.
   /// - float, small X (mt nt <= 512^2, such as the l x l factors of the
@@ -414,7 +415,6 @@ struct ops<cuda> {
         report.method = cuda_svd_method::jacobi;
         return;
       }
-      report.jacobi_handed_on = true;
       // A zero singular value leaves U's column undefined, and the sweeps
       // rarely fail to converge: both go on to the methods below.
     }
