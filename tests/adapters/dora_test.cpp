@@ -86,7 +86,7 @@ TEST_P(dora_gradients, match_finite_differences_in_double) {
   as_eigen(layer.magnitude()).array() += random_matrix<double>(out, 1, 7).array() * 0.5;
   matd y(n, out);
   layer.forward(ctx, view(std::as_const(x)), view(y));
-  const std::vector<double> n0(layer.norms().data(), layer.norms().data() + layer.norms().size());
+  const Eigen::VectorXd n0 = as_eigen(layer.norms());
   matd dx(n, in);
   layer.backward(ctx, view(g), view(dx));
   // The loss with the detached norm: Y recomputed from the formula of the
@@ -102,7 +102,7 @@ TEST_P(dora_gradients, match_finite_differences_in_double) {
     const matd xd = x.cwiseProduct(drop_ones);
     const matd z = xd * w.transpose() + layer.scaling() * (xd * a.transpose()) * b.transpose();
     matd yy = (x - xd) * w.transpose();
-    for (index_t j = 0; j < out; ++j) yy.col(j) += m(j, 0) / n0[std::size_t(j)] * z.col(j);
+    for (index_t j = 0; j < out; ++j) yy.col(j) += m(j, 0) / n0(j) * z.col(j);
     yy.rowwise() += bias.transpose();
     return (yy.array() * g.array()).sum();
   };

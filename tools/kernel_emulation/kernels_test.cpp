@@ -17,6 +17,8 @@
 #include <random>
 #include <string>
 
+#include "support/test_matrices.hpp"
+
 namespace lowrank::detail::kernels {
 // The dynamic shared memory of one launch (`extern __shared__` in the kernels).
 alignas(16) double shared_matrix[40000];
@@ -121,13 +123,10 @@ int jacobi(index_t rows, index_t cols, kind what, bool by_rows = false) {
   } else if (what == kind::zero_column) {
     a.col(5).setZero();
   } else if (what == kind::graded_triangle) {
-    const Eigen::MatrixXd left =
-        random_matrix<double>(rows, rows, 3).householderQr().householderQ();
-    const Eigen::MatrixXd right =
-        random_matrix<double>(cols, cols, 4).householderQr().householderQ();
+    // The matrix of the CUDA test (tests/backend/cuda/cross_backend_test.cu).
     Eigen::VectorXd graded(cols);
     for (index_t i = 0; i < cols; ++i) graded(i) = std::pow(0.85, double(i));
-    const Eigen::MatrixXd dense = left * graded.asDiagonal() * right.transpose();
+    const Eigen::MatrixXd dense = lowrank::test::make_matrix(graded, rows, cols, 85);
     a = Eigen::MatrixXd(dense.householderQr().matrixQR().triangularView<Eigen::Upper>())
             .template cast<T>();
   }

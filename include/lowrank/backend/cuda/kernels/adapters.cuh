@@ -9,8 +9,8 @@
 /// FMA, so that each element-wise result is the CPU backend's expression
 /// rounded the same way: affine, axpby, dropout, add_row_vector,
 /// scatter_add_rows, factored_row_norms, divide and row_dots (one thread per
-/// row, the columns in order, as the CPU adds them) give the CPU's bits (on a CPU build without FMA
-/// contraction, the default on x86-64). The dropout mask is the CPU's: the
+/// row, the columns in order, as the CPU adds them) give the CPU's bits (on a
+/// CPU build without FMA contraction, the default on x86-64). The dropout mask is the CPU's: the
 /// same Philox words, lane i % 4 of block i / 4 of column j.
 ///
 /// **Determinism.** The column reductions (add_column_sums, column_dots)
