@@ -23,11 +23,11 @@
 ///   of the non-zero dimensions times the item size must fit in `std::ptrdiff_t`;
 /// - the data is exactly `rows * cols * itemsize` bytes: a shorter or longer file is an error.
 ///
-/// Memory layout (DESIGN.md, "Data model"): Eigen matrices are column-major. A Fortran-order
-/// file holds column-major bytes and is copied as it is; a C-order file (what NumPy writes by
-/// default, and what a PyTorch tensor saved through NumPy is) holds row-major bytes and is
-/// transposed explicitly while reading, so the matrix is rows x cols either way. A 1-D array
-/// of shape (n,) becomes an n x 1 matrix.
+/// Memory layout (docs/architecture.md, "Data model"): Eigen matrices are column-major. A
+/// Fortran-order file holds column-major bytes and is copied as it is; a C-order file (what
+/// NumPy writes by default, and what a PyTorch tensor saved through NumPy is) holds row-major
+/// bytes and is transposed explicitly while reading, so the matrix is rows x cols either way.
+/// A 1-D array of shape (n,) becomes an n x 1 matrix.
 
 #include <Eigen/Core>
 #include <algorithm>
