@@ -57,8 +57,8 @@ using matrix = Eigen::MatrixXf;
 using vector = Eigen::VectorXf;
 using clock_type = std::chrono::steady_clock;
 using ops = lowrank::ops<lowrank::cpu>;
-using lora = lowrank::lora<lowrank::cpu, float>;
-using dora = lowrank::dora<lowrank::cpu, float>;
+using lora = lowrank::lora<float, lowrank::cpu>;
+using dora = lowrank::dora<float, lowrank::cpu>;
 
 constexpr index_t features = 4096;  // out = in
 constexpr index_t batch = 512;      // N
@@ -213,7 +213,7 @@ void multi_lora_forward(benchmark::State& state) {
   lowrank::context<lowrank::cpu> ctx;
   problem p(ctx);
   std::vector<lora> adapters;
-  lowrank::multi_lora<lowrank::cpu, float> multi(ctx, lowrank::view(std::as_const(p.w)),
+  lowrank::multi_lora<float, lowrank::cpu> multi(ctx, lowrank::view(std::as_const(p.w)),
                                                  p.bias_view());
   for (std::int32_t a = 0; a < k; ++a) {
     adapters.emplace_back(ctx, lowrank::view(p.w), p.bias_view(), options(std::uint64_t(a)));

@@ -165,9 +165,9 @@ int main(int argc, char** argv) {
     //    one. `layer` gives each adapter its own random streams.
     lowrank::lora_options options{.rank = rank, .alpha = 2.0 * double(rank)};
     options.layer = 0;
-    lowrank::lora<lowrank::cpu, float> layer1(ctx, lowrank::view(w1), bias_view(b1), options);
+    lowrank::lora<float, lowrank::cpu> layer1(ctx, lowrank::view(w1), bias_view(b1), options);
     options.layer = 1;
-    lowrank::lora<lowrank::cpu, float> layer2(ctx, lowrank::view(w2), bias_view(b2), options);
+    lowrank::lora<float, lowrank::cpu> layer2(ctx, lowrank::view(w2), bias_view(b2), options);
     adam optimizer1(lr);
     adam optimizer2(lr);
 

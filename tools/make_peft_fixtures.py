@@ -8,7 +8,7 @@ rewrites the same numbers.
     python3 tools/make_peft_fixtures.py              # every fixture, then the cpp_saved check
     python3 tools/make_peft_fixtures.py --check-only # only the cpp_saved check
 
-Conventions (DESIGN.md, "Data model"; ALGORITHMS.md section 2): nn.Linear shapes, W is
+Conventions (docs/architecture.md, "Data model"; docs/algorithms.md, "Adapters"): nn.Linear shapes, W is
 out x in, X is N x in, A is r x in, B is out x r. Every array is saved as a 2-D float64
 .npy in that (math) orientation; vectors as n x 1. Inputs are drawn in float32 and
 widened to float64, so they are exact in float and double; the forward and the gradients

@@ -12,6 +12,7 @@
 #include <Eigen/SVD>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -321,7 +322,7 @@ class comparison {
       double seconds = 0;
       const auto r = timed(o_.repeat, seconds, [&] {
         return lowrank::randomized_svd(ctx_, lowrank::view(a_),
-                                       lowrank::tolerance{.relative_error = tolerance});
+                                       lowrank::fixed_accuracy{.relative_error = tolerance});
       });
       char name[64];
       std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
@@ -395,7 +396,8 @@ class comparison {
       double seconds = 0;
       timed(o_.repeat, seconds, [&] {
         lowrank::ops<lowrank::cuda>::copy<T>(gpu, a.view(), work.view());  // gesvdr overwrites A
-        void* device_work = gpu.workspace(std::max<std::size_t>(device_bytes, 1));
+        auto ws = gpu.workspace();
+        void* device_work = ws.take<std::byte>(device_bytes);
         lowrank::detail::check(
             cusolverDnXgesvdr(gpu.solver(), params, 'S', 'S', m, n, k, p, 2, type, work.data(), m,
                               type, s.data(), type, u.data(), m, type, v.data(), n, type,
@@ -430,8 +432,8 @@ class comparison {
       tolerance = std::clamp(tolerance, 1e-6, 0.99);
       double seconds = 0;
       const auto r = timed(o_.repeat, seconds, [&] {
-        auto f =
-            lowrank::randomized_svd(gpu, a.view(), lowrank::tolerance{.relative_error = tolerance});
+        auto f = lowrank::randomized_svd(gpu, a.view(),
+                                         lowrank::fixed_accuracy{.relative_error = tolerance});
         gpu.synchronize();
         return f;
       });

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <lowrank/cuda.hpp>
 #include <string>
 #include <vector>
@@ -90,7 +91,8 @@ double run_gesvdr(lowrank::context<lowrank::cuda>& ctx, const device_matrix& a, 
                                    work_a.data(), m, CUDA_R_32F, s.data(), CUDA_R_32F, u.data(), m,
                                    CUDA_R_32F, v.data(), n, CUDA_R_32F, &device_bytes, &host_bytes),
       "cusolverDnXgesvdr_bufferSize");
-  void* device_work = ctx.workspace(std::max<std::size_t>(device_bytes, 1));
+  auto ws = ctx.workspace();
+  void* device_work = ws.take<std::byte>(device_bytes);
   std::vector<char> host_work(std::max<std::size_t>(host_bytes, 1));
   ctx.synchronize();
   const auto start = clock_type::now();

@@ -11,10 +11,12 @@
 #include "lowrank/core/config.hpp"
 #include "lowrank/core/eigen.hpp"
 #include "lowrank/core/error.hpp"
+#include "lowrank/core/linear_operator.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
 
 #include "lowrank/random/philox.hpp"
+#include "lowrank/random/streams.hpp"
 
 #include "lowrank/backend/cpu/context.hpp"
 #include "lowrank/backend/cpu/ops.hpp"
@@ -26,8 +28,10 @@
 #include "lowrank/decomp/rank_selection.hpp"
 #include "lowrank/decomp/truncated_svd.hpp"
 
+#include "lowrank/adapters/base.hpp"
 #include "lowrank/adapters/dora.hpp"
 #include "lowrank/adapters/init.hpp"
 #include "lowrank/adapters/lora.hpp"
 #include "lowrank/adapters/multi_lora.hpp"
 #include "lowrank/adapters/nola.hpp"
+#include "lowrank/adapters/shared_a_lora.hpp"

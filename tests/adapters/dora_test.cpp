@@ -34,7 +34,7 @@ TYPED_TEST(dora_typed, starts_as_the_base_layer) {
   mat<T> w = random_matrix<T>(14, 20, 1);
   Eigen::Matrix<T, -1, 1> bias = random_matrix<T>(14, 1, 2);
   const mat<T> x = random_matrix<T>(9, 20, 3);
-  dora<cpu, T> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), 14), {.rank = 3});
+  dora<T, cpu> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), 14), {.rank = 3});
   mat<T> y(9, 14);
   layer.forward(ctx, view(x), view(y));
   mat<T> base = x * w.transpose();
@@ -51,7 +51,7 @@ TYPED_TEST(dora_typed, factored_norm_matches_the_dense_norm) {
   context<cpu> ctx(2);
   mat<T> w = random_matrix<T>(30, 25, 1);
   const mat<T> x = random_matrix<T>(4, 25, 3);
-  dora<cpu, T> layer(ctx, view(w), {}, {.rank = 5, .alpha = 10});
+  dora<T, cpu> layer(ctx, view(w), {}, {.rank = 5, .alpha = 10});
   as_eigen(layer.b()) = random_matrix<T>(30, 5, 4);
   mat<T> y(4, 30);
   layer.forward(ctx, view(x), view(y));
@@ -81,7 +81,7 @@ TEST_P(dora_gradients, match_finite_differences_in_double) {
   const matd g = random_matrix<double>(n, out, 4);
   const vector_view<double, cpu> bias_view(bias.data(), out);
   lora_options o{.rank = r, .alpha = 6, .dropout = p, .train_bias = true, .seed = 5};
-  dora<cpu, double> layer(ctx, view(w), bias_view, o);
+  dora<double, cpu> layer(ctx, view(w), bias_view, o);
   as_eigen(layer.b()) = random_matrix<double>(out, r, 6);
   as_eigen(layer.magnitude()).array() += random_matrix<double>(out, 1, 7).array() * 0.5;
   matd y(n, out);
@@ -128,7 +128,7 @@ TYPED_TEST(dora_typed, merge_unmerge_is_exact_and_merged_output_matches) {
   mat<T> w = random_matrix<T>(21, 17, 1);
   const mat<T> original = w;
   const mat<T> x = random_matrix<T>(6, 17, 2);
-  dora<cpu, T> layer(ctx, view(w), {}, {.rank = 4, .alpha = 8});
+  dora<T, cpu> layer(ctx, view(w), {}, {.rank = 4, .alpha = 8});
   as_eigen(layer.b()) = random_matrix<T>(21, 4, 3);
   as_eigen(layer.magnitude()).array() *= T(1.5);
   layer.train(false);
@@ -153,7 +153,7 @@ TEST(dora, zero_row_stays_finite) {
   w.row(2).setZero();
   const mat<float> x = random_matrix<float>(4, 9, 2);
   const mat<float> g = random_matrix<float>(4, 6, 3);
-  dora<cpu, float> layer(ctx, view(w), {}, {.rank = 2});
+  dora<float, cpu> layer(ctx, view(w), {}, {.rank = 2});
   as_eigen(layer.b()) = random_matrix<float>(6, 2, 4);
   as_eigen(layer.b()).row(2).setZero();
   as_eigen(layer.magnitude())(2, 0) = 0.5f;
@@ -170,14 +170,76 @@ TEST(dora, zero_row_stays_finite) {
 TEST(dora, bad_input_throws) {
   context<cpu> ctx(1);
   mat<float> w = random_matrix<float>(6, 5, 1);
-  EXPECT_THROW((dora<cpu, float>(ctx, view(w), {}, {.rank = 0})), lowrank::invalid_argument);
-  dora<cpu, float> layer(ctx, view(w), {}, {.rank = 2});
+  EXPECT_THROW((dora<float, cpu>(ctx, view(w), {}, {.rank = 0})), lowrank::invalid_argument);
+  dora<float, cpu> layer(ctx, view(w), {}, {.rank = 2});
   mat<float> x(3, 4), y(3, 6), g(3, 6);
   EXPECT_THROW(layer.forward(ctx, view(x), view(y)), lowrank::invalid_argument);
   EXPECT_THROW(layer.backward(ctx, view(g), {}), lowrank::invalid_argument);
   EXPECT_THROW(layer.unmerge(ctx), lowrank::invalid_argument);
   layer.merge(ctx);
   EXPECT_THROW(layer.merge(ctx), lowrank::invalid_argument);
+}
+
+// Trained factors and magnitude in one call (as a PEFT DoRA stores them):
+// the same layer as one built, trained and then given the same A, B and m,
+// bit for bit; a magnitude of the wrong size or not finite is refused.
+TEST(dora, from_factors_loads_a_trained_adapter) {
+  context<cpu> ctx(2);
+  mat<double> w = random_matrix<double>(12, 9, 1);
+  Eigen::VectorXd bias = random_matrix<double>(12, 1, 2);
+  const mat<double> a = random_matrix<double>(3, 9, 3);
+  const mat<double> b = random_matrix<double>(12, 3, 4);
+  const Eigen::VectorXd m = random_matrix<double>(12, 1, 5).cwiseAbs();
+  const lora_options options{.rank = 3, .alpha = 6, .dropout = 0.25, .seed = 9};
+  const vector_view<double, cpu> bv(bias.data(), 12);
+  auto loaded = dora<double>::from_factors(ctx, view(w), bv, view(a), view(b),
+                                           vector_view<const double, cpu>(m.data(), 12), options);
+  dora<double> built(ctx, view(w), bv, options);
+  as_eigen(built.a()) = a;
+  as_eigen(built.b()) = b;
+  as_eigen(built.magnitude()) = m;
+  EXPECT_EQ(as_eigen(loaded.magnitude()), m);
+  EXPECT_EQ(loaded.parameters().size(), 3u);
+  const mat<double> x = random_matrix<double>(5, 9, 6);
+  const mat<double> g = random_matrix<double>(5, 12, 7);
+  mat<double> y1(5, 12), y2(5, 12), dx1(5, 9), dx2(5, 9);
+  loaded.forward(ctx, view(x), view(y1));
+  built.forward(ctx, view(x), view(y2));
+  EXPECT_EQ(y1, y2);  // the same dropout mask: the same seed, layer and step
+  loaded.backward(ctx, view(g), view(dx1));
+  built.backward(ctx, view(g), view(dx2));
+  EXPECT_EQ(dx1, dx2);
+  EXPECT_EQ(as_eigen(loaded.grad_magnitude()), as_eigen(built.grad_magnitude()));
+
+  const Eigen::VectorXd short_m = m.head(11);
+  EXPECT_THROW(
+      (void)dora<double>::from_factors(ctx, view(w), bv, view(a), view(b),
+                                       vector_view<const double, cpu>(short_m.data(), 11), options),
+      lowrank::invalid_argument);
+  Eigen::VectorXd nan_m = m;
+  nan_m(4) = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_THROW(
+      (void)dora<double>::from_factors(ctx, view(w), bv, view(a), view(b),
+                                       vector_view<const double, cpu>(nan_m.data(), 12), options),
+      lowrank::numerical_error);
+  EXPECT_THROW(
+      (void)dora<double>::from_factors(ctx, view(w), bv, view(a), view(mat<double>(b.topRows(11))),
+                                       vector_view<const double, cpu>(m.data(), 12), options),
+      lowrank::invalid_argument);
+}
+
+// A DoRA over a merged LoRA would inherit a merge it cannot undo: refused,
+// and the LoRA keeps W merged and unmergeable.
+TEST(dora, refuses_a_merged_lora) {
+  context<cpu> ctx(1);
+  mat<float> w = random_matrix<float>(6, 5, 1);
+  const mat<float> original = w;
+  lora<float> adapter(ctx, view(w), {}, {.rank = 2});
+  as_eigen(adapter.b()) = random_matrix<float>(6, 2, 2);
+  adapter.merge(ctx);
+  EXPECT_THROW((dora<float>(ctx, std::move(adapter))), lowrank::invalid_argument);
+  adapter.unmerge(ctx);
+  EXPECT_EQ(w, original);
 }
 
 }  // namespace

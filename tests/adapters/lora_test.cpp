@@ -73,14 +73,14 @@ TEST_P(lora_gradients, match_finite_differences_in_double) {
                  .train_bias = c.train_bias,
                  .seed = 42};
   const vector_view<double, cpu> bias_view(bias.data(), out);
-  lora<cpu, double> layer(ctx, view(w), bias_view, o);
+  lora<double, cpu> layer(ctx, view(w), bias_view, o);
   as_eigen(layer.b()) = random_matrix<double>(out, r, 5);  // a non-zero B
   matd y(n, out);
   // Every evaluation replays the same dropout mask: the step is fixed by
   // recreating the layer state's step counter through a fresh forward count.
   const std::uint64_t step0 = layer.step();
   auto loss = [&] {
-    auto probe = lora<cpu, double>::from_factors(ctx, view(w), bias_view, layer.a(), layer.b(), o);
+    auto probe = lora<double, cpu>::from_factors(ctx, view(w), bias_view, layer.a(), layer.b(), o);
     for (std::uint64_t s = 0; s < step0; ++s) {
       probe.forward(ctx, view(std::as_const(x)), view(y));
     }
@@ -120,7 +120,7 @@ TYPED_TEST(lora_typed, zero_b_adapter_equals_base_layer) {
   mat<T> w = random_matrix<T>(20, 30, 1);
   Eigen::Matrix<T, -1, 1> bias = random_matrix<T>(20, 1, 2);
   const mat<T> x = random_matrix<T>(8, 30, 3);
-  lora<cpu, T> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), 20), {.rank = 4, .seed = 9});
+  lora<T, cpu> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), 20), {.rank = 4, .seed = 9});
   mat<T> y(8, 20), base(8, 20);
   layer.forward(ctx, view(x), view(y));
   ops<cpu>::gemm(ctx, transpose::no, transpose::yes, T(1), view(x), view(std::as_const(w)), T(0),
@@ -139,7 +139,7 @@ TYPED_TEST(lora_typed, zero_b_adapter_equals_base_layer) {
 TEST(lora, gaussian_init_has_std_one_over_rank) {
   context<cpu> ctx(1);
   mat<double> w = random_matrix<double>(64, 512, 1);
-  lora<cpu, double> layer(ctx, view(w), {}, {.rank = 8, .init = lora_init::gaussian});
+  lora<double, cpu> layer(ctx, view(w), {}, {.rank = 8, .init = lora_init::gaussian});
   const auto a = as_eigen(layer.a());
   const double mean = a.mean();
   const double var = (a.array() - mean).square().mean();
@@ -156,7 +156,7 @@ TYPED_TEST(lora_typed, merge_unmerge_restores_weight_exactly) {
   w.col(3) *= T(1e-6);  // tiny weights: the merge rounds them away
   const mat<T> original = w;
   const mat<T> x = random_matrix<T>(5, 47, 4);
-  lora<cpu, T> layer(ctx, view(w), {}, {.rank = 5, .alpha = 16});
+  lora<T, cpu> layer(ctx, view(w), {}, {.rank = 5, .alpha = 16});
   as_eigen(layer.b()) = random_matrix<T>(33, 5, 2);
   mat<T> before(5, 33), after(5, 33);
   layer.train(false);
@@ -210,7 +210,7 @@ TEST(lora, safe_merge_refuses_non_finite_and_keeps_weight) {
   mat<float> w = random_matrix<float>(6, 7, 1);
   w(2, 3) = 3.0e38f;
   const mat<float> original = w;
-  lora<cpu, float> layer(ctx, view(w), {}, {.rank = 2, .alpha = 2});
+  lora<float, cpu> layer(ctx, view(w), {}, {.rank = 2, .alpha = 2});
   as_eigen(layer.a()).setConstant(1);
   as_eigen(layer.b()).setConstant(1e38f);  // s B A = 2e38 everywhere
   EXPECT_THROW(layer.safe_merge(ctx), lowrank::numerical_error);
@@ -230,7 +230,7 @@ TYPED_TEST(lora_typed, pissa_moves_principal_part_into_adapter) {
   for (const index_t iterations : {0, 4}) {
     mat<T> w = random_matrix<T>(24, 18, 7);
     const mat<T> original = w;
-    lora<cpu, T> layer(
+    lora<T, cpu> layer(
         ctx, view(w), {},
         {.rank = 4, .alpha = 8, .init = lora_init::pissa, .pissa_iterations = iterations});
     const Eigen::MatrixXd dw = layer.scaling() * as_eigen(layer.b()).template cast<double>() *
@@ -254,7 +254,7 @@ TEST(lora, pissa_exports_as_plain_lora_of_the_original_weight) {
   for (const bool rslora : {false, true}) {
     mat<double> w = random_matrix<double>(16, 12, 3);
     const mat<double> original = w;
-    lora<cpu, double> layer(ctx, view(w), {},
+    lora<double, cpu> layer(ctx, view(w), {},
                             {.rank = 3, .alpha = 5, .rslora = rslora, .init = lora_init::pissa});
     as_eigen(layer.a()) += 0.1 * random_matrix<double>(3, 12, 4);
     as_eigen(layer.b()) += 0.1 * random_matrix<double>(16, 3, 5);
@@ -267,7 +267,7 @@ TEST(lora, pissa_exports_as_plain_lora_of_the_original_weight) {
     EXPECT_LT((tuned - exported).norm(), 1e-13 * original.norm());
   }
   mat<double> w = random_matrix<double>(8, 6, 1);
-  lora<cpu, double> plain_init(ctx, view(w), {}, {.rank = 2});
+  lora<double, cpu> plain_init(ctx, view(w), {}, {.rank = 2});
   EXPECT_THROW((void)plain_init.pissa_as_lora(ctx), lowrank::invalid_argument);
 }
 
@@ -277,10 +277,20 @@ TEST(lora, from_low_rank_reproduces_the_factorisation) {
   mat<double> w = random_matrix<double>(12, 10, 1);
   const mat<double> target = random_matrix<double>(12, 10, 2);
   const auto f = truncated_svd(ctx, view(target), 3);
-  auto layer = lora<cpu, double>::from_low_rank(ctx, view(w), {}, f, {.alpha = 5});
+  auto layer = lora<double, cpu>::from_low_rank(ctx, view(w), {}, f, {.alpha = 5});
   EXPECT_EQ(layer.rank(), 3);
   const mat<double> dw = layer.scaling() * as_eigen(layer.b()) * as_eigen(layer.a());
   EXPECT_LT((dw - f.reconstruct()).norm(), 1e-12 * f.reconstruct().norm());
+  // U, s and V that disagree on the rank are refused before anything is read.
+  for (int part = 0; part < 3; ++part) {
+    auto bad = f;
+    if (part == 0) bad.u = bad.u.leftCols(2).eval();
+    if (part == 1) bad.s = bad.s.head(2).eval();
+    if (part == 2) bad.v = bad.v.leftCols(2).eval();
+    EXPECT_THROW((void)lora<double>::from_low_rank(ctx, view(w), {}, bad, {.alpha = 5}),
+                 lowrank::invalid_argument)
+        << part;
+  }
 }
 
 // Dropout: the mask keeps about 1 - p of the entries, scaled by 1/(1 - p);
@@ -295,7 +305,7 @@ TEST(lora, dropout_mask_is_reproducible_and_has_the_right_rate) {
   auto make = [&](lora_options opt) {
     const mat<float> a = mat<float>::Identity(1, in);  // picks input column 0
     const mat<float> b = mat<float>::Ones(out, 1);
-    return lora<cpu, float>::from_factors(ctx, view(w), {}, view(a), view(b), opt);
+    return lora<float, cpu>::from_factors(ctx, view(w), {}, view(a), view(b), opt);
   };
   auto l1 = make(o);
   auto l2 = make(o);
@@ -319,7 +329,7 @@ TEST(lora, dropout_mask_is_reproducible_and_has_the_right_rate) {
 }
 
 // A training step allocates nothing after the first with a given batch size
-// (DESIGN.md: hot loops allocate nothing), for every adapter.
+// (docs/architecture.md: hot loops allocate nothing), for every adapter.
 TEST(lora, training_step_allocates_nothing_after_the_first) {
   context<cpu> ctx(1);
   mat<float> w = random_matrix<float>(48, 40, 1);
@@ -327,14 +337,14 @@ TEST(lora, training_step_allocates_nothing_after_the_first) {
   const mat<float> x = random_matrix<float>(16, 40, 3);
   const mat<float> g = random_matrix<float>(16, 48, 4);
   mat<float> y(16, 48), dx(16, 40);
-  lora<cpu, float> l(ctx, view(w), vector_view<float, cpu>(bias.data(), 48),
+  lora<float, cpu> l(ctx, view(w), vector_view<float, cpu>(bias.data(), 48),
                      {.rank = 4, .dropout = 0.1, .train_bias = true});
-  dora<cpu, float> d(ctx, view(w), vector_view<float, cpu>(bias.data(), 48),
+  dora<float, cpu> d(ctx, view(w), vector_view<float, cpu>(bias.data(), 48),
                      {.rank = 4, .dropout = 0.1});
-  nola<cpu, float> nl(
+  nola<float, cpu> nl(
       ctx, view(w), vector_view<float, cpu>(bias.data(), 48),
       {.rank = 4, .dropout = 0.1, .num_bases_a = 20, .num_bases_b = 12, .chunk_size = 8});
-  multi_lora<cpu, float> multi(ctx, view(std::as_const(w)));
+  multi_lora<float, cpu> multi(ctx, view(std::as_const(w)));
   const mat<float> a = random_matrix<float>(4, 40, 5);
   const mat<float> b = random_matrix<float>(48, 4, 6);
   multi.add_adapter(ctx, view(a), view(b), 2.0);
@@ -362,7 +372,7 @@ TEST(lora, bad_input_throws_and_changes_nothing) {
   context<cpu> ctx(1);
   mat<float> w = random_matrix<float>(6, 5, 1);
   const mat<float> original = w;
-  auto make = [&](lora_options o) { lora<cpu, float> l(ctx, view(w), {}, o); };
+  auto make = [&](lora_options o) { lora<float, cpu> l(ctx, view(w), {}, o); };
   EXPECT_THROW(make({.rank = 0}), lowrank::invalid_argument);
   EXPECT_THROW(make({.rank = 6}), lowrank::invalid_argument);
   EXPECT_THROW(make({.rank = 2, .alpha = 0}), lowrank::invalid_argument);
@@ -372,7 +382,7 @@ TEST(lora, bad_input_throws_and_changes_nothing) {
   EXPECT_THROW(make({.rank = 2, .dropout = -0.1}), lowrank::invalid_argument);
   Eigen::VectorXf short_bias(3);
   EXPECT_THROW(
-      (lora<cpu, float>(ctx, view(w), vector_view<float, cpu>(short_bias.data(), 3), {.rank = 2})),
+      (lora<float, cpu>(ctx, view(w), vector_view<float, cpu>(short_bias.data(), 3), {.rank = 2})),
       lowrank::invalid_argument);
   w(1, 1) = std::numeric_limits<float>::quiet_NaN();
   EXPECT_THROW(make({.rank = 2, .init = lora_init::pissa}), lowrank::numerical_error);
@@ -386,7 +396,7 @@ TEST(lora, bad_input_throws_and_changes_nothing) {
               std::string::npos)
         << e.what();
   }
-  lora<cpu, float> l(ctx, view(w), {}, {.rank = 2});
+  lora<float, cpu> l(ctx, view(w), {}, {.rank = 2});
   const mat<float> a0 = as_eigen(l.a());
   mat<float> x(3, 4), y(3, 6), yw(2, 6);
   EXPECT_THROW(l.forward(ctx, view(x), view(y)), lowrank::invalid_argument);
@@ -402,10 +412,10 @@ TEST(lora, bad_input_throws_and_changes_nothing) {
   EXPECT_EQ(as_eigen(l.grad_a()).cwiseAbs().maxCoeff(), 0.0f);
   const mat<float> bad_a = mat<float>::Constant(2, 5, std::numeric_limits<float>::infinity());
   const mat<float> b = mat<float>::Zero(6, 2);
-  EXPECT_THROW(((void)lora<cpu, float>::from_factors(ctx, view(w), {}, view(bad_a), view(b), {})),
+  EXPECT_THROW(((void)lora<float, cpu>::from_factors(ctx, view(w), {}, view(bad_a), view(b), {})),
                lowrank::numerical_error);
   const mat<float> a_wrong = mat<float>::Zero(2, 4);
-  EXPECT_THROW(((void)lora<cpu, float>::from_factors(ctx, view(w), {}, view(a_wrong), view(b), {})),
+  EXPECT_THROW(((void)lora<float, cpu>::from_factors(ctx, view(w), {}, view(a_wrong), view(b), {})),
                lowrank::invalid_argument);
   EXPECT_EQ(as_eigen(l.a()), a0);
   EXPECT_EQ(w, original);

@@ -55,11 +55,11 @@ struct problem {
 
 /// A multi_lora holding every adapter of the problem (adapter 1 through a
 /// plain LoRA object, the others from their factors).
-multi_lora<cpu, double> make_layer(context<cpu>& ctx, problem& p) {
-  multi_lora<cpu, double> layer(ctx, view(std::as_const(p.w)), p.bias_view());
+multi_lora<double, cpu> make_layer(context<cpu>& ctx, problem& p) {
+  multi_lora<double, cpu> layer(ctx, view(std::as_const(p.w)), p.bias_view());
   for (std::size_t k = 0; k < p.ranks.size(); ++k) {
     if (k == 1) {
-      const auto plain = lora<cpu, double>::from_factors(
+      const auto plain = lora<double, cpu>::from_factors(
           ctx, view(p.w), p.bias_view(), view(std::as_const(p.a[k])), view(std::as_const(p.b[k])),
           {.alpha = p.scalings[k] * double(p.ranks[k])});
       EXPECT_EQ(layer.add_adapter(ctx, plain), std::int32_t(k));
@@ -93,7 +93,7 @@ TEST(multi_lora, mixed_batch_matches_per_row_plain_lora) {
       continue;
     }
     const auto k = std::size_t(id);
-    auto plain = lora<cpu, double>::from_factors(
+    auto plain = lora<double, cpu>::from_factors(
         ctx, view(p.w), p.bias_view(), view(std::as_const(p.a[k])), view(std::as_const(p.b[k])),
         {.alpha = p.scalings[k] * double(p.ranks[k])});
     const matd xi = p.x.row(i);
@@ -184,7 +184,7 @@ TEST(multi_lora, float_matches_a_double_reference) {
   const matf w = p.w.cast<float>();
   const Eigen::VectorXf bias = p.bias.cast<float>();
   const matf x = p.x.cast<float>();
-  multi_lora<cpu, float> layer(ctx, view(w), vector_view<const float, cpu>(bias.data(), p.out));
+  multi_lora<float, cpu> layer(ctx, view(w), vector_view<const float, cpu>(bias.data(), p.out));
   for (std::size_t k = 0; k < p.ranks.size(); ++k) {
     const matf a = p.a[k].cast<float>();
     const matf b = p.b[k].cast<float>();
@@ -246,17 +246,17 @@ TEST(multi_lora, rejects_bad_layers_and_adapters_and_stays_unchanged) {
   context<cpu> ctx(1);
   problem p;
   const vector_view<const double, cpu> no_bias;
-  expect_invalid([&] { multi_lora<cpu, double>(ctx, matrix_view<const double, cpu>(), no_bias); },
+  expect_invalid([&] { multi_lora<double, cpu>(ctx, matrix_view<const double, cpu>(), no_bias); },
                  "weight");
   expect_invalid(
       [&] {
-        multi_lora<cpu, double>(ctx, view(std::as_const(p.w)),
+        multi_lora<double, cpu>(ctx, view(std::as_const(p.w)),
                                 vector_view<const double, cpu>(p.bias.data(), p.out - 1));
       },
       "bias.size()");
   matd bad_w = p.w;
   bad_w(2, 3) = std::numeric_limits<double>::quiet_NaN();
-  EXPECT_THROW((multi_lora<cpu, double>(ctx, view(std::as_const(bad_w)), no_bias)),
+  EXPECT_THROW((multi_lora<double, cpu>(ctx, view(std::as_const(bad_w)), no_bias)),
                numerical_error);
 
   auto layer = make_layer(ctx, p);
@@ -281,7 +281,7 @@ TEST(multi_lora, rejects_bad_layers_and_adapters_and_stays_unchanged) {
   bad_b(0, 1) = std::numeric_limits<double>::quiet_NaN();
   EXPECT_THROW(add(a2, bad_b, 1), numerical_error);
   matd w_small = p.w.leftCols(p.in - 1);
-  const auto other = lora<cpu, double>::from_factors(ctx, view(w_small), vector_view<double, cpu>(),
+  const auto other = lora<double, cpu>::from_factors(ctx, view(w_small), vector_view<double, cpu>(),
                                                      view(a2.leftCols(p.in - 1)), view(b2), {});
   expect_invalid([&] { layer.add_adapter(ctx, other); }, "adapter");
   EXPECT_EQ(layer.adapters(), 4);
@@ -343,8 +343,8 @@ struct shared_problem : problem {
   }
 };
 
-shared_a_lora<cpu, double> make_shared(context<cpu>& ctx, shared_problem& p) {
-  shared_a_lora<cpu, double> layer(ctx, view(std::as_const(p.w)), p.bias_view(),
+shared_a_lora<double, cpu> make_shared(context<cpu>& ctx, shared_problem& p) {
+  shared_a_lora<double, cpu> layer(ctx, view(std::as_const(p.w)), p.bias_view(),
                                    view(std::as_const(p.shared_a)));
   for (std::size_t k = 0; k < p.bs.size(); ++k) {
     EXPECT_EQ(layer.add_adapter(ctx, view(std::as_const(p.bs[k])), p.scalings[k]), std::int32_t(k));
@@ -360,7 +360,7 @@ TEST(shared_a_lora, per_row_forward_matches_per_adapter_computation) {
   matd y(p.n, p.out);
   layer.forward(ctx, view(std::as_const(p.x)), p.ids, view(y));
   // Against a multi_lora whose adapters all have A = the shared A.
-  multi_lora<cpu, double> separate(ctx, view(std::as_const(p.w)), p.bias_view());
+  multi_lora<double, cpu> separate(ctx, view(std::as_const(p.w)), p.bias_view());
   for (std::size_t k = 0; k < p.bs.size(); ++k) {
     separate.add_adapter(ctx, view(std::as_const(p.shared_a)), view(std::as_const(p.bs[k])),
                          p.scalings[k]);
@@ -451,7 +451,7 @@ TEST(shared_a_lora, rejects_bad_input_and_stays_unchanged) {
   shared_problem p;
   const auto w = view(std::as_const(p.w));
   const vector_view<const double, cpu> bias = p.bias_view();
-  using layer_t = shared_a_lora<cpu, double>;
+  using layer_t = shared_a_lora<double, cpu>;
   expect_invalid([&] { layer_t(ctx, w, bias, view(matd(0, p.in))); }, "a.rows()");  // rank 0
   expect_invalid([&] { layer_t(ctx, w, bias, view(random_matrix<double>(10, p.in, 9))); },
                  "a.rows()");

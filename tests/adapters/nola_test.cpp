@@ -65,7 +65,7 @@ TYPED_TEST(nola_typed, starts_as_the_base_layer) {
                        .chunk_size = 4,
                        .seed = 9,
                        .layer = 3};
-  nola<cpu, T> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), out), o);
+  nola<T, cpu> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), out), o);
   EXPECT_TRUE((as_eigen(layer.coefficients_a()).array() == T(0)).all());
   EXPECT_TRUE((as_eigen(layer.coefficients_b()).array() == T(0)).all());
   mat<T> y(n, out);
@@ -79,7 +79,7 @@ TYPED_TEST(nola_typed, starts_as_the_base_layer) {
   layer.materialize_a(ctx, view(a));
   layer.materialize_b(ctx, view(b));
   EXPECT_TRUE((b.array() == T(0)).all());
-  const lora<cpu, T> reference(ctx, view(w), vector_view<T, cpu>(),
+  const lora<T, cpu> reference(ctx, view(w), vector_view<T, cpu>(),
                                {.rank = r, .seed = 9, .layer = 3});
   EXPECT_TRUE(same_bits(a, as_eigen(reference.a())));
 }
@@ -96,11 +96,11 @@ TYPED_TEST(nola_typed, bases_do_not_depend_on_chunk_size) {
   mat<T> w = random_matrix<T>(out, in, 4);
   const mat<T> x = random_matrix<T>(n, in, 5);
   nola_options o{.rank = r, .num_bases_a = k, .num_bases_b = l, .chunk_size = 1, .seed = 77};
-  nola<cpu, T> one(ctx, view(w), vector_view<T, cpu>(), o);
+  nola<T, cpu> one(ctx, view(w), vector_view<T, cpu>(), o);
   o.chunk_size = l;
-  nola<cpu, T> all(ctx, view(w), vector_view<T, cpu>(), o);
+  nola<T, cpu> all(ctx, view(w), vector_view<T, cpu>(), o);
   o.chunk_size = 3;
-  nola<cpu, T> three(ctx, view(w), vector_view<T, cpu>(), o);
+  nola<T, cpu> three(ctx, view(w), vector_view<T, cpu>(), o);
 
   mat<T> bases_a(r * in, k), bases_b(out * r, l), column(out * r, 1), part(out * r, 3);
   one.bases_a(ctx, 0, view(bases_a));
@@ -116,7 +116,7 @@ TYPED_TEST(nola_typed, bases_do_not_depend_on_chunk_size) {
   three.bases_b(ctx, 5, view(part));
   EXPECT_TRUE(same_bits(part, bases_b.middleCols(5, 3)));
 
-  auto factors_and_output = [&](nola<cpu, T>& layer) {
+  auto factors_and_output = [&](nola<T, cpu>& layer) {
     mat<T> a(r, in), b(out, r), y(n, out);
     layer.materialize_a(ctx, view(a));
     layer.materialize_b(ctx, view(b));
@@ -171,7 +171,7 @@ TYPED_TEST(nola_typed, seed_and_layer_select_the_bases) {
   mat<T> w = random_matrix<T>(out, in, 8);
   const mat<T> x = random_matrix<T>(n, in, 9);
   const auto make = [&](std::uint64_t seed, std::uint64_t layer) {
-    return nola<cpu, T>(
+    return nola<T, cpu>(
         ctx, view(w), vector_view<T, cpu>(),
         {.rank = r, .num_bases_a = k, .num_bases_b = l, .seed = seed, .layer = layer});
   };
@@ -179,7 +179,7 @@ TYPED_TEST(nola_typed, seed_and_layer_select_the_bases) {
   auto twin = make(1, 0);
   auto other_layer = make(1, 1);
   auto other_seed = make(2, 0);
-  const auto bases = [&](nola<cpu, T>& layer) {
+  const auto bases = [&](nola<T, cpu>& layer) {
     mat<T> ba(r * in, k), bb(out * r, l), a0(r, in);
     layer.bases_a(ctx, 0, view(ba));
     layer.bases_b(ctx, 0, view(bb));
@@ -240,7 +240,7 @@ TEST_P(nola_gradients, match_finite_differences_in_double) {
                        .chunk_size = c.chunk,
                        .seed = 42};
   const vector_view<double, cpu> bias_view(bias.data(), out);
-  nola<cpu, double> layer(ctx, view(w), bias_view, o);
+  nola<double, cpu> layer(ctx, view(w), bias_view, o);
   auto alpha = as_eigen(layer.coefficients_a());
   auto beta = as_eigen(layer.coefficients_b());
   alpha = random_matrix<double>(k, 1, 5);
@@ -250,7 +250,7 @@ TEST_P(nola_gradients, match_finite_differences_in_double) {
   // step, replays the layer's dropout mask.
   const std::uint64_t step0 = layer.step();
   auto loss = [&] {
-    nola<cpu, double> probe(ctx, view(w), bias_view, o);
+    nola<double, cpu> probe(ctx, view(w), bias_view, o);
     as_eigen(probe.coefficients_a()) = alpha;
     as_eigen(probe.coefficients_b()) = beta;
     for (std::uint64_t s = 0; s < step0; ++s) probe.forward(ctx, view(std::as_const(x)), view(y));
@@ -281,12 +281,12 @@ TEST(nola, parameters_accumulate_and_zero_grad) {
   matd w = random_matrix<double>(out, in, 12);
   const matd x = random_matrix<double>(n, in, 13);
   const matd g = random_matrix<double>(n, out, 14);
-  nola<cpu, double> layer(ctx, view(w), vector_view<double, cpu>(),
+  nola<double, cpu> layer(ctx, view(w), vector_view<double, cpu>(),
                           {.rank = 2, .num_bases_a = k, .num_bases_b = l, .chunk_size = 2});
   const auto params = layer.parameters();
   ASSERT_EQ(params.size(), 2u);
-  EXPECT_STREQ(params[0].name, "nola_alpha");
-  EXPECT_STREQ(params[1].name, "nola_beta");
+  EXPECT_STREQ(params[0].name, "nola_coefficients_a");
+  EXPECT_STREQ(params[1].name, "nola_coefficients_b");
   EXPECT_EQ(params[0].value.data(), layer.coefficients_a().data());
   EXPECT_EQ(params[0].grad.data(), layer.grad_coefficients_a().data());
   EXPECT_EQ(params[1].value.data(), layer.coefficients_b().data());
@@ -317,9 +317,9 @@ TEST(nola, evaluation_mode_has_no_dropout) {
   matd w = random_matrix<double>(out, in, 17);
   const matd x = random_matrix<double>(n, in, 18);
   nola_options o{.rank = 2, .dropout = 0.5, .num_bases_a = k, .num_bases_b = l};
-  nola<cpu, double> dropped(ctx, view(w), vector_view<double, cpu>(), o);
+  nola<double, cpu> dropped(ctx, view(w), vector_view<double, cpu>(), o);
   o.dropout = 0;
-  nola<cpu, double> plain(ctx, view(w), vector_view<double, cpu>(), o);
+  nola<double, cpu> plain(ctx, view(w), vector_view<double, cpu>(), o);
   for (auto* layer : {&dropped, &plain}) {
     as_eigen(layer->coefficients_a()) = random_matrix<double>(k, 1, 19);
     as_eigen(layer->coefficients_b()) = random_matrix<double>(l, 1, 20);
@@ -348,7 +348,7 @@ TYPED_TEST(nola_typed, workspaces_are_released_and_regenerated) {
   mat<T> bias = random_matrix<T>(out, 1, 22);
   const mat<T> x = random_matrix<T>(n, in, 23);
   const mat<T> g = random_matrix<T>(n, out, 24);
-  nola<cpu, T> layer(
+  nola<T, cpu> layer(
       ctx, view(w), vector_view<T, cpu>(bias.data(), out),
       {.rank = r, .dropout = 0.2, .num_bases_a = k, .num_bases_b = l, .chunk_size = c, .seed = 5});
   const std::size_t state = 2 * (k + l) * sizeof(T);
@@ -399,7 +399,7 @@ TYPED_TEST(nola_typed, merge_unmerge_restores_the_weight) {
   const mat<T> w0 = w;
   const mat<T> x = random_matrix<T>(n, in, 29);
   const mat<T> g = random_matrix<T>(n, out, 30);
-  nola<cpu, T> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), out),
+  nola<T, cpu> layer(ctx, view(w), vector_view<T, cpu>(bias.data(), out),
                      {.rank = r, .alpha = 16, .num_bases_a = k, .num_bases_b = l, .chunk_size = 4});
   as_eigen(layer.coefficients_a()) = random_matrix<T>(k, 1, 31);
   as_eigen(layer.coefficients_b()) = random_matrix<T>(l, 1, 32);
@@ -437,7 +437,7 @@ TEST(nola, bad_input_throws_and_changes_nothing) {
   const matd w0 = w;
   const vector_view<double, cpu> b(bias.data(), out);
   const nola_options good{.rank = 2, .num_bases_a = 4, .num_bases_b = 3, .chunk_size = 2};
-  const auto make = [&](nola_options o) { return nola<cpu, double>(ctx, view(w), b, o); };
+  const auto make = [&](nola_options o) { return nola<double, cpu>(ctx, view(w), b, o); };
   const auto with = [&](auto change) {
     nola_options o = good;
     change(o);
@@ -453,8 +453,8 @@ TEST(nola, bad_input_throws_and_changes_nothing) {
   EXPECT_THROW(make(with([](auto& o) { o.alpha = 0; })), invalid_argument);
   EXPECT_THROW(make(with([](auto& o) { o.dropout = 1; })), invalid_argument);
   EXPECT_THROW(make(with([](auto& o) { o.layer = std::uint64_t{1} << 30; })), invalid_argument);
-  EXPECT_THROW((nola<cpu, double>(ctx, view(w), b.segment(0, out - 1), good)), invalid_argument);
-  EXPECT_THROW((nola<cpu, double>(ctx, matrix_view<double, cpu>(), b, good)), invalid_argument);
+  EXPECT_THROW((nola<double, cpu>(ctx, view(w), b.segment(0, out - 1), good)), invalid_argument);
+  EXPECT_THROW((nola<double, cpu>(ctx, matrix_view<double, cpu>(), b, good)), invalid_argument);
   w(1, 2) = std::numeric_limits<double>::quiet_NaN();
   EXPECT_THROW(make(good), numerical_error);
   w(1, 2) = w0(1, 2);

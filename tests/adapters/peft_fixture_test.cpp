@@ -77,10 +77,10 @@ struct fixture_layer {
             .alpha = info["alpha"].get<double>(),
             .rslora = info["use_rslora"].get<bool>()};
   }
-  lora<cpu, T> make_lora(context<cpu>& ctx) {
+  lora<T, cpu> make_lora(context<cpu>& ctx) {
     const mat<T> a = load<T>(dir, "A");
     const mat<T> bb = load<T>(dir, "B");
-    return lora<cpu, T>::from_factors(ctx, view(w), vector_view<T, cpu>(b.data(), b.rows()),
+    return lora<T, cpu>::from_factors(ctx, view(w), vector_view<T, cpu>(b.data(), b.rows()),
                                       view(a), view(bb), options());
   }
   std::string dir;
@@ -128,8 +128,8 @@ TYPED_TEST(peft_reference, lora_and_rslora_match_peft) {
 }
 
 template <class T>
-dora<cpu, T> make_dora(context<cpu>& ctx, fixture_layer<T>& f) {
-  dora<cpu, T> layer(ctx, f.make_lora(ctx));
+dora<T, cpu> make_dora(context<cpu>& ctx, fixture_layer<T>& f) {
+  dora<T, cpu> layer(ctx, f.make_lora(ctx));
   as_eigen(layer.magnitude()) = load<T>(f.dir, "m");
   return layer;
 }
@@ -186,7 +186,7 @@ TYPED_TEST(peft_reference, pissa_matches_peft) {
   context<cpu> ctx(1);
   const auto info = case_of("pissa");
   mat<T> w = load<T>("pissa", "W");
-  lora<cpu, T> layer(ctx, view(w), {},
+  lora<T, cpu> layer(ctx, view(w), {},
                      {.rank = info["r"].get<index_t>(),
                       .alpha = info["alpha"].get<double>(),
                       .init = lora_init::pissa});
@@ -210,7 +210,7 @@ TEST(peft_saved, adapters_build_lowrank_layers) {
   for (const auto& m : adapter.modules) {
     SCOPED_TRACE(m.name);
     mat<float> w = mat<float>::Zero(m.b.rows(), m.a.cols());
-    auto layer = lora<cpu, float>::from_factors(ctx, view(w), {}, view(m.a), view(m.b),
+    auto layer = lora<float, cpu>::from_factors(ctx, view(w), {}, view(m.a), view(m.b),
                                                 {.alpha = m.alpha, .rslora = m.use_rslora});
     EXPECT_EQ(layer.rank(), m.rank);
     EXPECT_DOUBLE_EQ(layer.scaling(), m.scaling());
@@ -238,8 +238,8 @@ TEST(peft_saved, adapters_build_lowrank_layers) {
   const auto with_dora = io::read_peft_adapter<float>(fixtures / "saved" / "dora_f16");
   for (const auto& m : with_dora.modules) {
     mat<float> w = mat<float>::Ones(m.b.rows(), m.a.cols());
-    dora<cpu, float> layer(
-        ctx, lora<cpu, float>::from_factors(ctx, view(w), {}, view(m.a), view(m.b),
+    dora<float, cpu> layer(
+        ctx, lora<float, cpu>::from_factors(ctx, view(w), {}, view(m.a), view(m.b),
                                             {.alpha = m.alpha, .rslora = m.use_rslora}));
     as_eigen(layer.magnitude()) = m.magnitude;
     EXPECT_EQ(as_eigen(layer.magnitude()), m.magnitude);

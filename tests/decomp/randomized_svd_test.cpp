@@ -1,4 +1,4 @@
-// Acceptance tests of lowrank::randomized_svd (ALGORITHMS.md section 1):
+// Acceptance tests of lowrank::randomized_svd (docs/algorithms.md, "Decompositions"):
 // Eckart-Young optimality on matrices with known spectra, orthonormality,
 // reproducibility, the fixed-accuracy mode, and the documented errors.
 
@@ -28,7 +28,7 @@ constexpr spectrum_kind spectra[] = {spectrum_kind::fast_decay, spectrum_kind::s
 constexpr index_t k = 20;
 
 /// The test matrix of a case, rounded to T (the optimum is taken from the
-/// rounded matrix, ALGORITHMS.md "Test metrics").
+/// rounded matrix, docs/algorithms.md "Decompositions").
 template <class T>
 host_matrix<T> case_matrix(spectrum_kind kind, shape sh) {
   // cliff after 25 values; rank 25: with l = k + 10 = 30 the sketch of the
@@ -193,7 +193,7 @@ TYPED_TEST(randomized_svd_test, reproducible_bits) {
     EXPECT_TRUE(same_bits(first.u, r.u) && same_bits(first.s, r.s) && same_bits(first.v, r.v))
         << threads << " threads";
     // The tolerance mode too.
-    const tolerance tol{.relative_error = 0.05, .seed = 5};
+    const fixed_accuracy tol{.relative_error = 0.05, .seed = 5};
     const auto t1 = randomized_svd(ctx, device_a.view(), tol);
     const auto t2 = randomized_svd(other_ctx, device_a.view(), tol);
     EXPECT_TRUE(same_bits(bits_of(ctx, static_cast<const low_rank<T, B>&>(t1)).u,
@@ -222,7 +222,7 @@ TYPED_TEST(randomized_svd_test, tolerance_mode_meets_tolerance_with_near_optimal
           const Eigen::MatrixXd ad = a.template cast<double>();
           const auto device_a = to_backend<B>(ctx, a);
           const auto r = randomized_svd(ctx, device_a.view(),
-                                        tolerance{.relative_error = tol, .block_size = block});
+                                        fixed_accuracy{.relative_error = tol, .block_size = block});
           EXPECT_EQ(r.status, qb_status::converged);
           EXPECT_EQ(r.tolerance, tol);
           const Eigen::MatrixXd approx =
@@ -251,18 +251,18 @@ TYPED_TEST(randomized_svd_test, tolerance_mode_limits) {
   const host_matrix<T> a = case_matrix<T>(spectrum_kind::slow_decay, shapes[0]);
   const auto device_a = to_backend<B>(ctx, a);
   const auto capped =
-      randomized_svd(ctx, device_a.view(), tolerance{.relative_error = 1e-3, .max_rank = 12});
+      randomized_svd(ctx, device_a.view(), fixed_accuracy{.relative_error = 1e-3, .max_rank = 12});
   EXPECT_EQ(capped.status, qb_status::max_rank_reached);
   EXPECT_EQ(capped.rank(), 12);
   EXPECT_GT(capped.relative_error_estimate, 1e-3);
 
   const auto floored =
-      randomized_svd(ctx, device_a.view(), tolerance{.relative_error = 1e-12, .max_rank = 40});
+      randomized_svd(ctx, device_a.view(), fixed_accuracy{.relative_error = 1e-12, .max_rank = 40});
   EXPECT_EQ(floored.tolerance, qb_tolerance_floor<T>());
 
   const host_matrix<T> zero = host_matrix<T>::Zero(30, 20);
   const auto device_zero = to_backend<B>(ctx, zero);
-  const auto none = randomized_svd(ctx, device_zero.view(), tolerance{.relative_error = 0.1});
+  const auto none = randomized_svd(ctx, device_zero.view(), fixed_accuracy{.relative_error = 0.1});
   EXPECT_EQ(none.rank(), 0);
   EXPECT_EQ(none.u.rows(), 30);
   EXPECT_EQ(none.v.rows(), 20);
@@ -282,18 +282,22 @@ TYPED_TEST(randomized_svd_test, invalid_input_throws) {
   EXPECT_THROW((void)randomized_svd(ctx, va, 21), invalid_argument);
   EXPECT_THROW((void)randomized_svd(ctx, va, 5, {.oversampling = -1}), invalid_argument);
   EXPECT_THROW((void)randomized_svd(ctx, va, 5, {.power_iterations = -1}), invalid_argument);
-  EXPECT_THROW((void)randomized_svd(ctx, va, tolerance{.relative_error = 0}), invalid_argument);
-  EXPECT_THROW((void)randomized_svd(ctx, va, tolerance{.relative_error = -0.1}), invalid_argument);
-  EXPECT_THROW((void)randomized_svd(ctx, va, tolerance{.relative_error = 1}), invalid_argument);
-  EXPECT_THROW((void)randomized_svd(ctx, va, tolerance{.relative_error = std::nan("")}),
+  EXPECT_THROW((void)randomized_svd(ctx, va, fixed_accuracy{.relative_error = 0}),
                invalid_argument);
-  EXPECT_THROW((void)randomized_svd(ctx, va, tolerance{.relative_error = 0.1, .max_rank = 21}),
+  EXPECT_THROW((void)randomized_svd(ctx, va, fixed_accuracy{.relative_error = -0.1}),
                invalid_argument);
-  EXPECT_THROW((void)randomized_svd(ctx, va, tolerance{.relative_error = 0.1, .block_size = -2}),
+  EXPECT_THROW((void)randomized_svd(ctx, va, fixed_accuracy{.relative_error = 1}),
                invalid_argument);
+  EXPECT_THROW((void)randomized_svd(ctx, va, fixed_accuracy{.relative_error = std::nan("")}),
+               invalid_argument);
+  EXPECT_THROW((void)randomized_svd(ctx, va, fixed_accuracy{.relative_error = 0.1, .max_rank = 21}),
+               invalid_argument);
+  EXPECT_THROW(
+      (void)randomized_svd(ctx, va, fixed_accuracy{.relative_error = 0.1, .block_size = -2}),
+      invalid_argument);
   const matrix<T, B> empty(ctx, 0, 5);
   EXPECT_THROW((void)randomized_svd(ctx, empty.view(), 1), invalid_argument);
-  EXPECT_THROW((void)randomized_svd(ctx, empty.view(), tolerance{.relative_error = 0.1}),
+  EXPECT_THROW((void)randomized_svd(ctx, empty.view(), fixed_accuracy{.relative_error = 0.1}),
                invalid_argument);
 
   try {
@@ -310,7 +314,7 @@ TYPED_TEST(randomized_svd_test, invalid_input_throws) {
     poisoned(7, 3) = bad;
     const auto device_p = to_backend<B>(ctx, poisoned);
     EXPECT_THROW((void)randomized_svd(ctx, device_p.view(), 5), numerical_error);
-    EXPECT_THROW((void)randomized_svd(ctx, device_p.view(), tolerance{.relative_error = 0.1}),
+    EXPECT_THROW((void)randomized_svd(ctx, device_p.view(), fixed_accuracy{.relative_error = 0.1}),
                  numerical_error);
     try {
       (void)randomized_svd(ctx, device_p.view(), 5);

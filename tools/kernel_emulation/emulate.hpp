@@ -38,6 +38,14 @@ using std::isfinite;
 using std::sqrt;
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// The round-to-nearest intrinsics (kernels/elementwise.cuh): plain IEEE
+// operations here (this build does not contract them into FMAs).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 
 struct emulated_dim3 {
   unsigned x = 0, y = 0, z = 0;

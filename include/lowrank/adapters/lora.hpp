@@ -1,8 +1,8 @@
 #pragma once
 /// @file
-/// `lowrank::lora<Backend, T>`: a LoRA adapter on a frozen linear layer, with
-/// forward, backward, merge and unmerge (ALGORITHMS.md section 2; PEFT's
-/// `tuners/lora/layer.py` conventions).
+/// `lowrank::lora<T, Backend>`: a LoRA adapter on a frozen linear layer, with
+/// forward, backward, merge and unmerge (docs/algorithms.md, "Adapters";
+/// PEFT's `tuners/lora/layer.py` conventions).
 ///
 /// **Shapes** (PyTorch `nn.Linear`): the frozen weight W is out x in, the
 /// optional bias b has out entries, a batch X is N x in (one sample per row),
@@ -39,29 +39,34 @@
 /// **Merge.** merge() adds s B A to W in extended precision (double for
 /// float, long double for double), rounding once per element; unmerge()
 /// subtracts it again and restores W bit for bit: the merge keeps A and B as
-/// they were and the few elements whose rounding the subtraction cannot undo
-/// (their index and old value). safe_merge() first checks that every merged
-/// value is finite and throws, leaving W untouched, if not. While merged,
-/// forward computes X W'^T + b and backward throws.
+/// they were and the elements whose rounding the subtraction cannot undo
+/// (their index and old value, 16 bytes each: usually few, but up to every
+/// element of W when the update dwarfs W; merge_exceptions() counts them).
+/// safe_merge() first checks that every merged value is finite and throws,
+/// leaving W untouched, if not. While merged, forward computes X W'^T + b and
+/// backward throws.
 ///
 /// **Errors.** lowrank::invalid_argument for shapes, ranks and options (the
 /// message names the function, the argument, its value and what was
 /// expected), lowrank::numerical_error for non-finite weights or factors.
 /// Every throwing call leaves the adapter and the caller's data as they were.
 
-#include <algorithm>
+#include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "lowrank/adapters/backend.hpp"
+#include "lowrank/adapters/base.hpp"
 #include "lowrank/adapters/init.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
+#include "lowrank/core/validate.hpp"
 #include "lowrank/decomp/low_rank.hpp"
 #include "lowrank/decomp/randomized_svd.hpp"
 #include "lowrank/decomp/truncated_svd.hpp"
@@ -77,13 +82,41 @@ struct lora_options {
   lora_init init = lora_init::peft_default;  ///< [init_lora_weights]
   index_t pissa_iterations = 0;  ///< PiSSA: 0 = exact SVD, K > 0 = randomized, K power iterations
   bool train_bias = false;       ///< the bias trains too [bias = "lora_only"]
-  std::uint64_t seed = 0;        ///< the adapter's random streams (init.hpp)
+  std::uint64_t seed = 0;        ///< the adapter's random streams (adapters/base.hpp)
   std::uint64_t layer = 0;       ///< this layer's index in the model, < 2^30
 };
 
-template <class Backend, scalar T>
+template <scalar T, class Backend = cpu>
 requires adapter_backend_for<Backend, T>
-class lora {
+class dora;
+
+namespace detail {
+
+/// The factors of a LoRA update and their gradients (lora and dora hold
+/// them), plus PiSSA's initial factors (empty for the other inits).
+template <class T, class Backend>
+struct lora_factors {
+  matrix<T, Backend> a, b, grad_a, grad_b;
+  matrix<T, Backend> initial_a, initial_b;
+
+  lora_factors() = default;
+  lora_factors(context<Backend>& ctx, index_t rank, index_t out, index_t in)
+      : a(ctx, rank, in), b(ctx, out, rank), grad_a(ctx, rank, in), grad_b(ctx, out, rank) {
+    zero_grad(ctx);
+  }
+  void zero_grad(context<Backend>& ctx) {
+    ops<Backend>::fill(ctx, grad_a.view(), T(0));
+    ops<Backend>::fill(ctx, grad_b.view(), T(0));
+  }
+};
+
+}  // namespace detail
+
+template <scalar T, class Backend = cpu>
+requires adapter_backend_for<Backend, T>
+class lora : public detail::adapter_base<T, Backend> {
+  using base = detail::adapter_base<T, Backend>;
+
  public:
   using scalar_type = T;
   using backend = Backend;
@@ -100,8 +133,8 @@ class lora {
     if (options_.init == lora_init::pissa) {
       init_pissa(ctx);
     } else {
-      detail::init_a(ctx, options_.init, stream(adapter_stream_kind::init, 0), a_.view());
-      ops<Backend>::fill(ctx, b_.view(), T(0));
+      detail::init_a(ctx, options_.init, this->stream(adapter_stream_kind::init, 0), a());
+      ops<Backend>::fill(ctx, b(), T(0));
     }
   }
 
@@ -113,36 +146,33 @@ class lora {
                                          vector_view<T, Backend> bias,
                                          matrix_view<const T, Backend> a,
                                          matrix_view<const T, Backend> b, lora_options options) {
-    const char* fn = "lowrank::lora::from_factors";
-    options.rank = a.rows();
-    lora layer(ctx, weight, bias, options, fn);
-    detail::require_shape(fn, "a", a, layer.rank(), layer.in_features());
-    detail::require_shape(fn, "b", b, layer.out_features(), layer.rank());
-    detail::require_finite_values(ctx, fn, "a", a);
-    detail::require_finite_values(ctx, fn, "b", b);
-    ops<Backend>::copy(ctx, a, layer.a_.view());
-    ops<Backend>::copy(ctx, b, layer.b_.view());
-    return layer;
+    return with_factors(ctx, weight, bias, a, b, options, "lowrank::lora::from_factors");
   }
 
   /// An adapter whose update s B A equals the factorisation U diag(S) V^T
   /// (out x in): B = U diag(sqrt(S / s)), A = diag(sqrt(S / s)) V^T. The rank
   /// is the factor's; W is unchanged.
   /// @throws as from_factors(), and lowrank::invalid_argument for a factor of
-  ///   another shape or with a negative singular value.
+  ///   another shape, whose U, s and V disagree on the rank, or with a
+  ///   negative singular value.
   [[nodiscard]] static lora from_low_rank(context<Backend>& ctx, matrix_view<T, Backend> weight,
                                           vector_view<T, Backend> bias,
                                           const low_rank<T, Backend>& factor,
                                           lora_options options) {
     const char* fn = "lowrank::lora::from_low_rank";
-    options.rank = factor.rank();
-    lora layer(ctx, weight, bias, options, fn);
-    if (factor.rows() != layer.out_features() || factor.cols() != layer.in_features()) {
+    const index_t k = factor.rank();
+    if (factor.u.cols() != k || factor.v.cols() != k) {
       detail::throw_invalid_argument(
           fn, "factor",
-          std::to_string(factor.rows()) + " x " + std::to_string(factor.cols()) + " factorisation",
-          "out x in = " + std::to_string(layer.out_features()) + " x " +
-              std::to_string(layer.in_features()));
+          "U with " + std::to_string(factor.u.cols()) + " columns, s with " + std::to_string(k) +
+              " values, V with " + std::to_string(factor.v.cols()) + " columns",
+          "one rank for U, s and V");
+    }
+    options.rank = k;
+    lora layer(ctx, weight, bias, options, fn);
+    if (factor.rows() != layer.out_features() || factor.cols() != layer.in_features()) {
+      detail::throw_invalid_argument(fn, "factor", detail::shape_of(factor) + " factorisation",
+                                     "out x in = " + detail::shape_of(layer.weight()));
     }
     layer.set_from_svd(ctx, factor.u.view(), factor.s.view(), factor.v.view(), fn);
     return layer;
@@ -153,50 +183,29 @@ class lora {
   lora(const lora&) = delete;
   lora& operator=(const lora&) = delete;
 
-  // --- Shapes and options ----------------------------------------------------
+  // --- Options and parameters ----------------------------------------------------
 
-  [[nodiscard]] index_t in_features() const noexcept { return weight_.cols(); }
-  [[nodiscard]] index_t out_features() const noexcept { return weight_.rows(); }
-  [[nodiscard]] index_t rank() const noexcept { return options_.rank; }
-  /// s = alpha / r, or alpha / sqrt(r) with rsLoRA.
-  [[nodiscard]] double scaling() const noexcept { return scaling_; }
   [[nodiscard]] const lora_options& options() const noexcept { return options_; }
 
-  /// Training mode (dropout active) or evaluation mode; training by default.
-  void train(bool on = true) noexcept { training_ = on; }
-  [[nodiscard]] bool training() const noexcept { return training_; }
-  /// The number of training forwards so far (the dropout stream's index).
-  [[nodiscard]] std::uint64_t step() const noexcept { return step_; }
-
-  // --- Parameters --------------------------------------------------------------
-
-  [[nodiscard]] matrix_view<T, Backend> weight() const noexcept { return weight_; }
-  [[nodiscard]] vector_view<T, Backend> bias() const noexcept { return bias_; }
   /// A (r x in) and B (out x r): write them freely (an optimizer step) unless merged.
-  [[nodiscard]] matrix_view<T, Backend> a() noexcept { return a_.view(); }
-  [[nodiscard]] matrix_view<T, Backend> b() noexcept { return b_.view(); }
-  [[nodiscard]] matrix_view<const T, Backend> a() const noexcept { return a_.view(); }
-  [[nodiscard]] matrix_view<const T, Backend> b() const noexcept { return b_.view(); }
-  [[nodiscard]] matrix_view<T, Backend> grad_a() noexcept { return grad_a_.view(); }
-  [[nodiscard]] matrix_view<T, Backend> grad_b() noexcept { return grad_b_.view(); }
-  /// db (out x 1); empty unless the bias trains.
-  [[nodiscard]] matrix_view<T, Backend> grad_bias() noexcept { return grad_bias_.view(); }
+  [[nodiscard]] matrix_view<T, Backend> a() noexcept { return f_.a.view(); }
+  [[nodiscard]] matrix_view<T, Backend> b() noexcept { return f_.b.view(); }
+  [[nodiscard]] matrix_view<const T, Backend> a() const noexcept { return f_.a.view(); }
+  [[nodiscard]] matrix_view<const T, Backend> b() const noexcept { return f_.b.view(); }
+  [[nodiscard]] matrix_view<T, Backend> grad_a() noexcept { return f_.grad_a.view(); }
+  [[nodiscard]] matrix_view<T, Backend> grad_b() noexcept { return f_.grad_b.view(); }
 
   /// The trainable parameters with their gradients: lora_A, lora_B (and bias).
   [[nodiscard]] std::vector<parameter<T, Backend>> parameters() {
-    std::vector<parameter<T, Backend>> list{{"lora_A", a_.view(), grad_a_.view()},
-                                            {"lora_B", b_.view(), grad_b_.view()}};
-    if (options_.train_bias && !bias_.empty()) {
-      list.push_back({"bias", bias_.as_matrix(), grad_bias_.view()});
-    }
+    std::vector<parameter<T, Backend>> list{{"lora_A", a(), grad_a()}, {"lora_B", b(), grad_b()}};
+    this->add_bias_parameter(list);
     return list;
   }
 
   /// Sets every gradient to zero.
   void zero_grad(context<Backend>& ctx) {
-    ops<Backend>::fill(ctx, grad_a_.view(), T(0));
-    ops<Backend>::fill(ctx, grad_b_.view(), T(0));
-    if (grad_bias_.size() > 0) ops<Backend>::fill(ctx, grad_bias_.view(), T(0));
+    f_.zero_grad(ctx);
+    this->zero_bias_grad(ctx);
   }
 
   // --- Forward and backward ----------------------------------------------------
@@ -205,29 +214,10 @@ class lora {
   /// Y is N x out. Keeps a view of X for backward.
   /// @throws lowrank::invalid_argument for wrong shapes.
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y) {
-    const char* fn = "lowrank::lora::forward";
-    check_batch(fn, x, y);
-    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(1), x, weight(), T(0), y);
-    if (!bias_.empty())
-      ops<Backend>::add_row_vector(ctx, T(1), vector_view<const T, Backend>(bias_), y);
-    pending_ = false;
-    if (merged()) return;
-    const index_t n = x.rows();
-    dropout_on_ = training_ && options_.dropout > 0;
-    matrix_view<const T, Backend> xa = x;
-    if (dropout_on_) {
-      dropout_stream_ = stream(adapter_stream_kind::dropout, step_);
-      auto xd = dropped_.rows(ctx, n, in_features());
-      ops<Backend>::dropout(ctx, dropout_stream_, options_.dropout, T(1), x, T(0), xd);
-      xa = xd;
-    }
-    if (training_) ++step_;
-    auto h = h_.rows(ctx, n, rank());
-    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(1), xa, a(), T(0), h);
-    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(scaling_), as_const(h), b(), T(1), y);
-    saved_x_ = x;
-    saved_input_ = xa;
-    pending_ = true;
+    if (!this->begin_forward(ctx, "lowrank::lora::forward", x, y)) return;
+    (void)this->adapter_input(ctx, x);
+    this->low_rank_forward(ctx, as_const(a()), as_const(b()), y);
+    this->end_forward();
   }
 
   /// Accumulates dA, dB (and db) from G = dL/dY (N x out) of the last
@@ -238,34 +228,15 @@ class lora {
   ///   wrong shape, or when merged.
   void backward(context<Backend>& ctx, matrix_view<const T, Backend> dy,
                 matrix_view<T, Backend> dx) {
-    const char* fn = "lowrank::lora::backward";
-    check_backward(fn, dy, dx);
-    const index_t n = dy.rows();
-    const auto s = static_cast<T>(scaling_);
-    if (grad_bias_.size() > 0) {
-      ops<Backend>::add_column_sums(ctx, T(1), dy,
-                                    vector_view<T, Backend>(grad_bias_.data(), out_features()));
-    }
-    auto h = h_.rows(ctx, n, rank());
-    auto gb = gb_.rows(ctx, n, rank());
+    this->begin_backward(ctx, "lowrank::lora::backward", dy, dx);
+    const auto s = static_cast<T>(this->scaling());
+    const auto h = this->saved_h(ctx);
     ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, dy, as_const(h), T(1), grad_b());
-    ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), dy, b(), T(0), gb);
-    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, as_const(gb), saved_input_, T(1),
+    const auto gb = as_const(this->times_b(ctx, dy, as_const(b())));
+    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, gb, this->saved_input(), T(1),
                        grad_a());
-    if (!dx.empty()) {
-      ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), dy, weight(), T(0), dx);
-      if (dropout_on_) {
-        // drop(X) is no longer needed: its storage takes s G B A, masked into dX.
-        auto t = dropped_.rows(ctx, n, in_features());
-        ops<Backend>::gemm(ctx, transpose::no, transpose::no, s, as_const(gb), a(), T(0), t);
-        ops<Backend>::dropout(ctx, dropout_stream_, options_.dropout, T(1), as_const(t), T(1), dx);
-      } else {
-        ops<Backend>::gemm(ctx, transpose::no, transpose::no, s, as_const(gb), a(), T(1), dx);
-      }
-    }
-    saved_x_ = {};
-    saved_input_ = {};
-    pending_ = false;
+    this->low_rank_input_gradient(ctx, dy, gb, as_const(a()), dx);
+    this->end_backward();
   }
 
   // --- PiSSA export --------------------------------------------------------------
@@ -285,19 +256,19 @@ class lora {
   /// W + s' B' A' = W_res + s B A: the original W plus the fine-tuning's change.
   /// @throws lowrank::invalid_argument unless the adapter was initialised by PiSSA.
   [[nodiscard]] plain_lora pissa_as_lora(context<Backend>& ctx) {
-    if (initial_a_.size() == 0) {
+    if (f_.initial_a.size() == 0) {
       detail::throw_invalid_argument("lowrank::lora::pissa_as_lora", "this",
                                      "an adapter not initialised by PiSSA",
                                      "options.init == lora_init::pissa");
     }
-    const index_t r = rank();
-    plain_lora out{matrix<T, Backend>(ctx, 2 * r, in_features()),
-                   matrix<T, Backend>(ctx, out_features(), 2 * r), 2 * r,
+    const index_t r = this->rank();
+    plain_lora out{matrix<T, Backend>(ctx, 2 * r, this->in_features()),
+                   matrix<T, Backend>(ctx, this->out_features(), 2 * r), 2 * r,
                    options_.rslora ? std::sqrt(2.0) * options_.alpha : 2 * options_.alpha};
-    ops<Backend>::copy(ctx, a(), out.a.view().middle_rows(0, r));
-    ops<Backend>::copy(ctx, as_const(initial_a_.view()), out.a.view().middle_rows(r, r));
-    ops<Backend>::copy(ctx, b(), out.b.view().middle_cols(0, r));
-    ops<Backend>::axpby(ctx, T(-1), as_const(initial_b_.view()), T(0),
+    ops<Backend>::copy(ctx, as_const(a()), out.a.view().middle_rows(0, r));
+    ops<Backend>::copy(ctx, as_const(f_.initial_a.view()), out.a.view().middle_rows(r, r));
+    ops<Backend>::copy(ctx, as_const(b()), out.b.view().middle_cols(0, r));
+    ops<Backend>::axpby(ctx, T(-1), as_const(f_.initial_b.view()), T(0),
                         out.b.view().middle_cols(r, r));
     return out;
   }
@@ -315,77 +286,65 @@ class lora {
   /// Restores W exactly as it was before merge().
   /// @throws lowrank::invalid_argument when not merged.
   void unmerge(context<Backend>& ctx) {
-    merge_.unmerge(ctx, "lowrank::lora::unmerge", scaling_, merged_b_.view(), merged_a_.view(), {},
-                   weight_);
+    this->unmerge_weight(ctx, "lowrank::lora::unmerge", as_const(merged_b_.view()),
+                         as_const(merged_a_.view()), {});
     merged_a_ = matrix<T, Backend>();
     merged_b_ = matrix<T, Backend>();
   }
 
-  [[nodiscard]] bool merged() const noexcept { return merge_.active(); }
-  /// How many weight elements the current merge keeps to make unmerge exact.
-  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return merge_.exceptions(); }
-
  private:
+  friend class dora<T, Backend>;
+
+  [[nodiscard]] static detail::adapter_settings settings_of(const lora_options& o) noexcept {
+    return {o.rank, o.alpha, o.rslora, o.dropout, o.train_bias, o.seed, o.layer};
+  }
+
   lora(context<Backend>& ctx, matrix_view<T, Backend> weight, vector_view<T, Backend> bias,
        const lora_options& options, const char* fn)
-      : options_(options), weight_(weight), bias_(bias) {
-    detail::check_adapter_options(fn, weight.rows(), weight.cols(), options.rank, options.alpha,
-                                  options.dropout);
+      : base(ctx, fn, weight, bias, settings_of(options)),
+        options_(options),
+        f_(ctx, options.rank, weight.rows(), weight.cols()) {
     if (options.pissa_iterations < 0) {
       detail::throw_invalid_argument(fn, "options.pissa_iterations", options.pissa_iterations,
                                      ">= 0");
     }
-    if (options.layer >= (std::uint64_t{1} << 30)) {
-      detail::throw_invalid_argument(fn, "options.layer", options.layer, "< 2^30");
-    }
-    detail::check_frozen_base(ctx, fn, as_const(weight), as_const(bias));
-    scaling_ = detail::lora_scaling(options.alpha, options.rank, options.rslora);
-    a_ = matrix<T, Backend>(ctx, options.rank, weight.cols());
-    b_ = matrix<T, Backend>(ctx, weight.rows(), options.rank);
-    grad_a_ = matrix<T, Backend>(ctx, options.rank, weight.cols());
-    grad_b_ = matrix<T, Backend>(ctx, weight.rows(), options.rank);
-    ops<Backend>::fill(ctx, grad_a_.view(), T(0));
-    ops<Backend>::fill(ctx, grad_b_.view(), T(0));
-    if (options.train_bias && !bias.empty()) {
-      grad_bias_ = matrix<T, Backend>(ctx, weight.rows(), 1);
-      ops<Backend>::fill(ctx, grad_bias_.view(), T(0));
-    }
   }
 
-  [[nodiscard]] random_stream stream(adapter_stream_kind kind, std::uint64_t index) const noexcept {
-    return adapter_stream(options_.seed, options_.layer, kind, index);
-  }
-
-  void check_batch(const char* fn, matrix_view<const T, Backend> x,
-                   matrix_view<T, Backend> y) const {
-    detail::check_forward_shapes(fn, x, y, in_features(), out_features());
-  }
-
-  void check_backward(const char* fn, matrix_view<const T, Backend> dy,
-                      matrix_view<T, Backend> dx) const {
-    detail::check_backward_state(fn, merged(), pending_, saved_x_.rows(), dy, dx, in_features(),
-                                 out_features());
+  /// An adapter with the factors A and B, checked (from_factors and dora's).
+  static lora with_factors(context<Backend>& ctx, matrix_view<T, Backend> weight,
+                           vector_view<T, Backend> bias, matrix_view<const T, Backend> a,
+                           matrix_view<const T, Backend> b, lora_options options, const char* fn) {
+    options.rank = a.rows();
+    lora layer(ctx, weight, bias, options, fn);
+    detail::require_shape(fn, "a", a, layer.rank(), layer.in_features());
+    detail::require_shape(fn, "b", b, layer.out_features(), layer.rank());
+    detail::require_finite(ctx, fn, "a", a);
+    detail::require_finite(ctx, fn, "b", b);
+    ops<Backend>::copy(ctx, a, layer.a());
+    ops<Backend>::copy(ctx, b, layer.b());
+    return layer;
   }
 
   /// PiSSA: the rank-r SVD of W, A and B from it, W = W - s B A.
   void init_pissa(context<Backend>& ctx) {
-    const auto w = as_const(weight_);
+    const auto w = as_const(this->weight());
     const low_rank<T, Backend> f =
         options_.pissa_iterations == 0
-            ? truncated_svd(ctx, w, rank())
-            : randomized_svd(ctx, w, rank(),
+            ? truncated_svd(ctx, w, this->rank())
+            : randomized_svd(ctx, w, this->rank(),
                              randomized_svd_options{.oversampling = 10,
                                                     .power_iterations = options_.pissa_iterations,
                                                     .seed = options_.seed});
     set_from_svd(ctx, f.u.view(), f.s.view(), f.v.view(), "lowrank::lora::lora");
     // W_res = W - s B A, in extended precision, rounded once.
-    ops<Backend>::merge_low_rank(ctx, -scaling_, b(), a(), vector_view<const double, Backend>(),
-                                 weight_, false, nullptr);
+    ops<Backend>::merge_low_rank(ctx, -this->scaling(), as_const(b()), as_const(a()),
+                                 vector_view<const double, Backend>(), this->weight(), false,
+                                 nullptr);
     // The initial factors, for pissa_as_lora().
-    initial_a_ = matrix<T, Backend>(ctx, rank(), in_features());
-    initial_b_ = matrix<T, Backend>(ctx, out_features(), rank());
-    ops<Backend>::copy(ctx, a(), initial_a_.view());
-    ops<Backend>::copy(ctx, b(), initial_b_.view());
+    f_.initial_a = matrix<T, Backend>(ctx, this->rank(), this->in_features());
+    f_.initial_b = matrix<T, Backend>(ctx, this->out_features(), this->rank());
+    ops<Backend>::copy(ctx, as_const(a()), f_.initial_a.view());
+    ops<Backend>::copy(ctx, as_const(b()), f_.initial_b.view());
   }
 
   /// B = U diag(sqrt(S / s)), A = diag(sqrt(S / s)) V^T (host arithmetic on
@@ -406,42 +365,27 @@ class lora {
     if ((hs.array() < 0).any()) {
       detail::throw_invalid_argument(fn, "factor.s", hs.minCoeff(), "singular values >= 0");
     }
-    const Eigen::Array<T, Eigen::Dynamic, 1> root = (hs.col(0).array() / T(scaling_)).sqrt();
+    const Eigen::Array<T, Eigen::Dynamic, 1> root = (hs.col(0).array() / T(this->scaling())).sqrt();
     const host hb = hu * root.matrix().asDiagonal();
     const host ha = root.matrix().asDiagonal() * hv.transpose();
-    ops<Backend>::upload(ctx, view(hb), b_.view());
-    ops<Backend>::upload(ctx, view(ha), a_.view());
+    ops<Backend>::upload(ctx, view(hb), b());
+    ops<Backend>::upload(ctx, view(ha), a());
   }
 
   void merge_impl(context<Backend>& ctx, bool safe, const char* fn) {
-    merge_.require_inactive(fn);
-    matrix<T, Backend> keep_a(ctx, rank(), in_features());
-    matrix<T, Backend> keep_b(ctx, out_features(), rank());
-    ops<Backend>::copy(ctx, a(), keep_a.view());
-    ops<Backend>::copy(ctx, b(), keep_b.view());
-    merge_.merge(ctx, fn, scaling_, keep_b.view(), keep_a.view(), {}, weight_, safe);
+    this->require_unmerged(fn);
+    matrix<T, Backend> keep_a(ctx, this->rank(), this->in_features());
+    matrix<T, Backend> keep_b(ctx, this->out_features(), this->rank());
+    ops<Backend>::copy(ctx, as_const(a()), keep_a.view());
+    ops<Backend>::copy(ctx, as_const(b()), keep_b.view());
+    this->merge_weight(ctx, fn, safe, as_const(keep_b.view()), as_const(keep_a.view()), {});
     merged_a_ = std::move(keep_a);
     merged_b_ = std::move(keep_b);
   }
 
   lora_options options_;
-  double scaling_ = 1;
-  matrix_view<T, Backend> weight_;
-  vector_view<T, Backend> bias_;
-  matrix<T, Backend> a_, b_, grad_a_, grad_b_, grad_bias_;
-  bool training_ = true;
-  std::uint64_t step_ = 0;
-  // The pending forward.
-  matrix_view<const T, Backend> saved_x_;
-  matrix_view<const T, Backend> saved_input_;
-  bool pending_ = false;
-  bool dropout_on_ = false;
-  random_stream dropout_stream_{};
-  detail::batch_workspace<T, Backend> h_, gb_, dropped_;
-  // PiSSA's initial A and B (empty for the other inits).
-  matrix<T, Backend> initial_a_, initial_b_;
-  // The merge: A and B as merged, and the record of the exact unmerge.
-  detail::weight_merge<T, Backend> merge_;
+  detail::lora_factors<T, Backend> f_;
+  // A and B as merged (for the exact unmerge).
   matrix<T, Backend> merged_a_, merged_b_;
 };
 

@@ -1,36 +1,37 @@
 #pragma once
 /// @file
-/// `lowrank::nola<Backend, T>`: a NOLA adapter on a frozen linear layer, a
+/// `lowrank::nola<T, Backend>`: a NOLA adapter on a frozen linear layer, a
 /// LoRA whose factors are linear combinations of random bases that are
-/// regenerated from Philox, never stored (ALGORITHMS.md section 2; Koohpayegani
+/// regenerated from Philox, never stored (docs/algorithms.md, "Adapters"; Koohpayegani
 /// et al., "NOLA: Compressing LoRA using Linear Combination of Random Basis",
 /// ICLR 2024, reference code UCDvision/NOLA).
 ///
 /// **Math.** The frozen weight W is out x in, the optional bias b has out
 /// entries, a batch X is N x in. With k bases A_i (r x in) and l bases B_j
-/// (out x r), all U(-1, 1), and a frozen kaiming-uniform A0 (r x in):
+/// (out x r), all uniform in [-1, 1), and a frozen kaiming-uniform A0 (r x in):
 ///
-///     A = A0 + (1/sqrt(k)) sum_i alpha_i A_i,   B = (1/sqrt(l)) sum_j beta_j B_j,
-///     Y = X W^T + b + s (drop(X) A^T) B^T,      dW = s B A,
+///     A = A0 + (1/sqrt(k)) sum_i c_i A_i,   B = (1/sqrt(l)) sum_j d_j B_j,
+///     Y = X W^T + b + s (drop(X) A^T) B^T,  dW = s B A,
 ///
-/// s = alpha / r (rsLoRA: alpha / sqrt(r)) as in LoRA. Only the coefficients
-/// alpha (k x 1) and beta (l x 1) train; both start at 0, so the adapter
-/// starts as the base layer (B = 0 exactly).
+/// s = alpha / r (rsLoRA: alpha / sqrt(r)) as in LoRA, alpha being LoRA's
+/// scaling option. Only the coefficient vectors c (k x 1,
+/// `coefficients_a()`) and d (l x 1, `coefficients_b()`) train; both start at
+/// 0, so the adapter starts as the base layer (B = 0 exactly).
 ///
 /// **Backward.** With G = dL/dY, H = drop(X) A^T, dA_full = s (G B)^T drop(X)
 /// (r x in) and dB_full = s G^T H (out x r):
-/// d alpha_i += <dA_full, A_i>_F / sqrt(k), d beta_j += <dB_full, B_j>_F / sqrt(l),
+/// dc_i += <dA_full, A_i>_F / sqrt(k), dd_j += <dB_full, B_j>_F / sqrt(l),
 /// dX = G W + s drop'(G B A). The gradients accumulate until zero_grad().
 ///
 /// **Bases.** Column i of the random matrix of `adapter_stream(seed, layer,
 /// nola_a, 0)` (r in rows, k columns, uniform mapped to [-1, 1)) is vec(A_i),
 /// column-major; likewise the B bases with kind `nola_b` (out r rows, l
 /// columns); A0 is lora's `peft_default` A, drawn from `adapter_stream(seed,
-/// layer, init, 0)` (adapters/init.hpp). Each element depends only on (seed,
+/// layer, init, 0)` (adapters/base.hpp). Each element depends only on (seed,
 /// layer, A or B, basis index, element), so the bases are the same whatever
 /// the chunk size and on every backend. The bases are generated
-/// `chunk_size` at a time: vec(A) += (1/sqrt(k)) Bases_chunk alpha_chunk and
-/// d alpha_chunk += Bases_chunk^T vec(dA_full) / sqrt(k) are GEMMs. A and B
+/// `chunk_size` at a time: vec(A) += (1/sqrt(k)) Bases_chunk c_chunk and
+/// dc_chunk += Bases_chunk^T vec(dA_full) / sqrt(k) are GEMMs. A and B
 /// are regenerated at every forward (the coefficients may have changed).
 ///
 /// **Dropout** as lora's: the mask of training step t comes from
@@ -55,7 +56,9 @@
 ///
 /// **Merge.** merge() adds s B A (from the regenerated A and B) to W in
 /// extended precision, rounding once per element, and keeps the coefficients
-/// and the few elements whose rounding the subtraction cannot undo; unmerge()
+/// and the elements whose rounding the subtraction cannot undo (16 bytes
+/// each: usually few, up to every element of W when the update dwarfs W);
+/// unmerge()
 /// regenerates the same A and B and restores W bit for bit. safe_merge()
 /// first checks that every merged value is finite. While merged, forward
 /// computes X W'^T + b and backward throws.
@@ -73,12 +76,15 @@
 #include <utility>
 #include <vector>
 
+#include "lowrank/adapters/backend.hpp"
+#include "lowrank/adapters/base.hpp"
 #include "lowrank/adapters/init.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
+#include "lowrank/core/validate.hpp"
 #include "lowrank/random/philox.hpp"
 
 namespace lowrank {
@@ -86,25 +92,27 @@ namespace lowrank {
 /// The options of a NOLA adapter.
 struct nola_options {
   index_t rank = 8;            ///< r, 1 <= r <= min(out, in)
-  double alpha = 8;            ///< LoRA's alpha (s = alpha / r), > 0
+  double alpha = 8;            ///< LoRA's scaling alpha (s = alpha / r), > 0
   bool rslora = false;         ///< s = alpha / sqrt(r)
   double dropout = 0;          ///< p in [0, 1), on the adapter's input
   index_t num_bases_a = 1024;  ///< k, the number of A bases, in [1, 2^32]
   index_t num_bases_b = 1024;  ///< l, the number of B bases, in [1, 2^32]
   index_t chunk_size = 64;     ///< bases generated at a time (memory bound), >= 1
-  std::uint64_t seed = 0;      ///< the adapter's random streams (adapters/init.hpp)
+  std::uint64_t seed = 0;      ///< the adapter's random streams (adapters/base.hpp)
   std::uint64_t layer = 0;     ///< this layer's index in the model, < 2^30
 };
 
-template <class Backend, scalar T>
+template <scalar T, class Backend = cpu>
 requires adapter_backend_for<Backend, T>
-class nola {
+class nola : public detail::adapter_base<T, Backend> {
+  using base = detail::adapter_base<T, Backend>;
+
  public:
   using scalar_type = T;
   using backend = Backend;
 
   /// A new adapter on W (out x in) and b (out entries, or empty for none),
-  /// with alpha = beta = 0 (so it starts as the base layer).
+  /// with c = d = 0 (so it starts as the base layer).
   /// @throws lowrank::invalid_argument for an empty W, a bias of the wrong
   ///   size, rank not in [1, min(out, in)], alpha <= 0 or not finite, dropout
   ///   not in [0, 1), num_bases_a or num_bases_b not in [1, 2^32],
@@ -113,10 +121,11 @@ class nola {
   ///   lowrank::numerical_error if W or b has a non-finite entry.
   nola(context<Backend>& ctx, matrix_view<T, Backend> weight, vector_view<T, Backend> bias,
        const nola_options& options = {})
-      : options_(options), weight_(weight), bias_(bias) {
+      : base(ctx, "lowrank::nola::nola", weight, bias,
+             {options.rank, options.alpha, options.rslora, options.dropout, false, options.seed,
+              options.layer}),
+        options_(options) {
     const char* fn = "lowrank::nola::nola";
-    detail::check_adapter_options(fn, weight.rows(), weight.cols(), options.rank, options.alpha,
-                                  options.dropout);
     constexpr index_t max_bases = index_t{1} << 32;
     if (options.num_bases_a < 1 || options.num_bases_a > max_bases) {
       detail::throw_invalid_argument(fn, "options.num_bases_a", options.num_bases_a,
@@ -129,9 +138,6 @@ class nola {
     if (options.chunk_size < 1) {
       detail::throw_invalid_argument(fn, "options.chunk_size", options.chunk_size, ">= 1");
     }
-    if (options.layer >= (std::uint64_t{1} << 30)) {
-      detail::throw_invalid_argument(fn, "options.layer", options.layer, "< 2^30");
-    }
     constexpr index_t max_rows = (index_t{1} << 32) * rows_per_block<T, distribution::uniform>;
     const index_t basis_rows = options.rank * std::max(weight.rows(), weight.cols());
     if (basis_rows > max_rows) {
@@ -139,16 +145,13 @@ class nola {
           fn, "options.rank", options.rank,
           "r max(in, out) <= " + std::to_string(max_rows) + " (the generator's row range)");
     }
-    detail::check_frozen_base(ctx, fn, as_const(weight), as_const(bias));
-    scaling_ = detail::lora_scaling(options.alpha, options.rank, options.rslora);
-    alpha_ = matrix<T, Backend>(ctx, options.num_bases_a, 1);
-    beta_ = matrix<T, Backend>(ctx, options.num_bases_b, 1);
-    grad_alpha_ = matrix<T, Backend>(ctx, options.num_bases_a, 1);
-    grad_beta_ = matrix<T, Backend>(ctx, options.num_bases_b, 1);
-    ops<Backend>::fill(ctx, alpha_.view(), T(0));
-    ops<Backend>::fill(ctx, beta_.view(), T(0));
-    ops<Backend>::fill(ctx, grad_alpha_.view(), T(0));
-    ops<Backend>::fill(ctx, grad_beta_.view(), T(0));
+    coeff_a_ = matrix<T, Backend>(ctx, options.num_bases_a, 1);
+    coeff_b_ = matrix<T, Backend>(ctx, options.num_bases_b, 1);
+    grad_a_ = matrix<T, Backend>(ctx, options.num_bases_a, 1);
+    grad_b_ = matrix<T, Backend>(ctx, options.num_bases_b, 1);
+    ops<Backend>::fill(ctx, coeff_a_.view(), T(0));
+    ops<Backend>::fill(ctx, coeff_b_.view(), T(0));
+    zero_grad(ctx);
   }
 
   nola(nola&&) noexcept = default;
@@ -156,55 +159,38 @@ class nola {
   nola(const nola&) = delete;
   nola& operator=(const nola&) = delete;
 
-  // --- Shapes and options ----------------------------------------------------
+  // --- Options and parameters ----------------------------------------------------
 
-  [[nodiscard]] index_t in_features() const noexcept { return weight_.cols(); }
-  [[nodiscard]] index_t out_features() const noexcept { return weight_.rows(); }
-  [[nodiscard]] index_t rank() const noexcept { return options_.rank; }
   /// k, the number of A bases.
   [[nodiscard]] index_t num_bases_a() const noexcept { return options_.num_bases_a; }
   /// l, the number of B bases.
   [[nodiscard]] index_t num_bases_b() const noexcept { return options_.num_bases_b; }
-  /// s = alpha / r, or alpha / sqrt(r) with rsLoRA.
-  [[nodiscard]] double scaling() const noexcept { return scaling_; }
   [[nodiscard]] const nola_options& options() const noexcept { return options_; }
 
-  /// Training mode (dropout active) or evaluation mode; training by default.
-  void train(bool on = true) noexcept { training_ = on; }
-  [[nodiscard]] bool training() const noexcept { return training_; }
-  /// The number of training forwards so far (the dropout stream's index).
-  [[nodiscard]] std::uint64_t step() const noexcept { return step_; }
-
-  // --- Parameters --------------------------------------------------------------
-
-  [[nodiscard]] matrix_view<T, Backend> weight() const noexcept { return weight_; }
-  [[nodiscard]] vector_view<T, Backend> bias() const noexcept { return bias_; }
-  /// alpha (k x 1) and beta (l x 1): write them freely (an optimizer step)
-  /// unless merged.
-  [[nodiscard]] matrix_view<T, Backend> coefficients_a() noexcept { return alpha_.view(); }
-  [[nodiscard]] matrix_view<T, Backend> coefficients_b() noexcept { return beta_.view(); }
+  /// c (k x 1) and d (l x 1): write them freely (an optimizer step) unless
+  /// merged.
+  [[nodiscard]] matrix_view<T, Backend> coefficients_a() noexcept { return coeff_a_.view(); }
+  [[nodiscard]] matrix_view<T, Backend> coefficients_b() noexcept { return coeff_b_.view(); }
   [[nodiscard]] matrix_view<const T, Backend> coefficients_a() const noexcept {
-    return alpha_.view();
+    return coeff_a_.view();
   }
   [[nodiscard]] matrix_view<const T, Backend> coefficients_b() const noexcept {
-    return beta_.view();
+    return coeff_b_.view();
   }
-  [[nodiscard]] matrix_view<T, Backend> grad_coefficients_a() noexcept {
-    return grad_alpha_.view();
-  }
-  [[nodiscard]] matrix_view<T, Backend> grad_coefficients_b() noexcept { return grad_beta_.view(); }
+  [[nodiscard]] matrix_view<T, Backend> grad_coefficients_a() noexcept { return grad_a_.view(); }
+  [[nodiscard]] matrix_view<T, Backend> grad_coefficients_b() noexcept { return grad_b_.view(); }
 
-  /// The trainable parameters with their gradients: nola_alpha (k x 1) and
-  /// nola_beta (l x 1).
+  /// The trainable parameters with their gradients: nola_coefficients_a
+  /// (c, k x 1) and nola_coefficients_b (d, l x 1).
   [[nodiscard]] std::vector<parameter<T, Backend>> parameters() {
-    return {{"nola_alpha", alpha_.view(), grad_alpha_.view()},
-            {"nola_beta", beta_.view(), grad_beta_.view()}};
+    return {{"nola_coefficients_a", coeff_a_.view(), grad_a_.view()},
+            {"nola_coefficients_b", coeff_b_.view(), grad_b_.view()}};
   }
 
   /// Sets every gradient to zero.
   void zero_grad(context<Backend>& ctx) {
-    ops<Backend>::fill(ctx, grad_alpha_.view(), T(0));
-    ops<Backend>::fill(ctx, grad_beta_.view(), T(0));
+    ops<Backend>::fill(ctx, grad_a_.view(), T(0));
+    ops<Backend>::fill(ctx, grad_b_.view(), T(0));
   }
 
   // --- Bases and factors ---------------------------------------------------------
@@ -214,7 +200,8 @@ class nola {
   /// @throws lowrank::invalid_argument for another row count or columns
   ///   outside [0, k).
   void bases_a(context<Backend>& ctx, index_t first, matrix_view<T, Backend> out) const {
-    check_bases("lowrank::nola::bases_a", first, out, rank() * in_features(), num_bases_a());
+    check_bases("lowrank::nola::bases_a", first, out, this->rank() * this->in_features(),
+                num_bases_a());
     fill_bases(ctx, adapter_stream_kind::nola_a, first, out);
   }
 
@@ -223,24 +210,25 @@ class nola {
   /// @throws lowrank::invalid_argument for another row count or columns
   ///   outside [0, l).
   void bases_b(context<Backend>& ctx, index_t first, matrix_view<T, Backend> out) const {
-    check_bases("lowrank::nola::bases_b", first, out, out_features() * rank(), num_bases_b());
+    check_bases("lowrank::nola::bases_b", first, out, this->out_features() * this->rank(),
+                num_bases_b());
     fill_bases(ctx, adapter_stream_kind::nola_b, first, out);
   }
 
-  /// A = A0 + (1/sqrt(k)) sum_i alpha_i A_i from the current coefficients
+  /// A = A0 + (1/sqrt(k)) sum_i c_i A_i from the current coefficients
   /// into `a` (r x in, contiguous). Uses the basis workspace.
   /// @throws lowrank::invalid_argument for another shape or a strided view.
   void materialize_a(context<Backend>& ctx, matrix_view<T, Backend> a) {
-    check_factor("lowrank::nola::materialize_a", "a", a, rank(), in_features());
-    compose_a(ctx, alpha_.view(), a);
+    check_factor("lowrank::nola::materialize_a", "a", a, this->rank(), this->in_features());
+    compose_a(ctx, coeff_a_.view(), a);
   }
 
-  /// B = (1/sqrt(l)) sum_j beta_j B_j from the current coefficients into `b`
+  /// B = (1/sqrt(l)) sum_j d_j B_j from the current coefficients into `b`
   /// (out x r, contiguous). Uses the basis workspace.
   /// @throws lowrank::invalid_argument for another shape or a strided view.
   void materialize_b(context<Backend>& ctx, matrix_view<T, Backend> b) {
-    check_factor("lowrank::nola::materialize_b", "b", b, out_features(), rank());
-    compose_b(ctx, beta_.view(), b);
+    check_factor("lowrank::nola::materialize_b", "b", b, this->out_features(), this->rank());
+    compose_b(ctx, coeff_b_.view(), b);
   }
 
   // --- Forward and backward ----------------------------------------------------
@@ -250,81 +238,45 @@ class nola {
   /// Keeps a view of X for backward.
   /// @throws lowrank::invalid_argument for wrong shapes.
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y) {
-    const char* fn = "lowrank::nola::forward";
-    check_batch(fn, x, y);
-    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(1), x, weight(), T(0), y);
-    if (!bias_.empty()) {
-      ops<Backend>::add_row_vector(ctx, T(1), vector_view<const T, Backend>(bias_), y);
-    }
-    pending_ = false;
-    if (merged()) return;
-    if (a_.size() == 0) a_ = matrix<T, Backend>(ctx, rank(), in_features());
-    if (b_.size() == 0) b_ = matrix<T, Backend>(ctx, out_features(), rank());
-    compose_a(ctx, alpha_.view(), a_.view());
-    compose_b(ctx, beta_.view(), b_.view());
-    const index_t n = x.rows();
-    dropout_on_ = training_ && options_.dropout > 0;
-    matrix_view<const T, Backend> xa = x;
-    if (dropout_on_) {
-      dropout_stream_ = stream(adapter_stream_kind::dropout, step_);
-      auto xd = dropped_.rows(ctx, n, in_features());
-      ops<Backend>::dropout(ctx, dropout_stream_, options_.dropout, T(1), x, T(0), xd);
-      xa = xd;
-    }
-    if (training_) ++step_;
-    auto h = h_.rows(ctx, n, rank());
-    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(1), xa, a_.view(), T(0), h);
-    ops<Backend>::gemm(ctx, transpose::no, transpose::yes, T(scaling_), as_const(h), b_.view(),
-                       T(1), y);
-    saved_x_ = x;
-    saved_input_ = xa;
-    pending_ = true;
+    if (!this->begin_forward(ctx, "lowrank::nola::forward", x, y)) return;
+    if (a_.size() == 0) a_ = matrix<T, Backend>(ctx, this->rank(), this->in_features());
+    if (b_.size() == 0) b_ = matrix<T, Backend>(ctx, this->out_features(), this->rank());
+    compose_a(ctx, as_const(coeff_a_.view()), a_.view());
+    compose_b(ctx, as_const(coeff_b_.view()), b_.view());
+    (void)this->adapter_input(ctx, x);
+    this->low_rank_forward(ctx, as_const(a_.view()), as_const(b_.view()), y);
+    this->end_forward();
   }
 
-  /// Accumulates d alpha and d beta from G = dL/dY (N x out) of the last
-  /// forward, and writes dX = G W + s drop'(G B A) into `dx` (N x in; pass an
-  /// empty view to skip it). A and B are those of that forward.
+  /// Accumulates dc and dd from G = dL/dY (N x out) of the last forward, and
+  /// writes dX = G W + s drop'(G B A) into `dx` (N x in; pass an empty view
+  /// to skip it). A and B are those of that forward.
   /// @throws lowrank::invalid_argument without a forward since the last
   ///   backward (or since release_workspace()), for a G of another shape
   ///   than that forward's Y, a dx of the wrong shape, or when merged.
   void backward(context<Backend>& ctx, matrix_view<const T, Backend> dy,
                 matrix_view<T, Backend> dx) {
-    const char* fn = "lowrank::nola::backward";
-    check_backward(fn, dy, dx);
-    const index_t n = dy.rows();
-    const index_t r = rank();
-    const auto s = static_cast<T>(scaling_);
+    this->begin_backward(ctx, "lowrank::nola::backward", dy, dx);
+    const index_t r = this->rank();
+    const auto s = static_cast<T>(this->scaling());
     if (grad_full_.size() == 0) {
-      grad_full_ = matrix<T, Backend>(ctx, r * std::max(in_features(), out_features()), 1);
+      grad_full_ =
+          matrix<T, Backend>(ctx, r * std::max(this->in_features(), this->out_features()), 1);
     }
-    auto h = h_.rows(ctx, n, r);
-    auto gb = gb_.rows(ctx, n, r);
     const auto a = as_const(a_.view());
-    const auto b = as_const(b_.view());
-    ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), dy, b, T(0), gb);
-    // dB_full = s G^T H, then d beta += Bases_b^T vec(dB_full) / sqrt(l).
-    const matrix_view<T, Backend> full_b(grad_full_.data(), out_features(), r);
-    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, dy, as_const(h), T(0), full_b);
-    project(ctx, adapter_stream_kind::nola_b, as_const(full_b), grad_beta_.view());
-    // dA_full = s (G B)^T drop(X), then d alpha += Bases_a^T vec(dA_full) / sqrt(k).
-    const matrix_view<T, Backend> full_a(grad_full_.data(), r, in_features());
-    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, as_const(gb), saved_input_, T(0),
+    const auto gb = as_const(this->times_b(ctx, dy, as_const(b_.view())));
+    // dB_full = s G^T H, then dd += Bases_b^T vec(dB_full) / sqrt(l).
+    const matrix_view<T, Backend> full_b(grad_full_.data(), this->out_features(), r);
+    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, dy, as_const(this->saved_h(ctx)),
+                       T(0), full_b);
+    project(ctx, adapter_stream_kind::nola_b, as_const(full_b), grad_b_.view());
+    // dA_full = s (G B)^T drop(X), then dc += Bases_a^T vec(dA_full) / sqrt(k).
+    const matrix_view<T, Backend> full_a(grad_full_.data(), r, this->in_features());
+    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, s, gb, this->saved_input(), T(0),
                        full_a);
-    project(ctx, adapter_stream_kind::nola_a, as_const(full_a), grad_alpha_.view());
-    if (!dx.empty()) {
-      ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(1), dy, weight(), T(0), dx);
-      if (dropout_on_) {
-        // drop(X) is no longer needed: its storage takes s G B A, masked into dX.
-        auto t = dropped_.rows(ctx, n, in_features());
-        ops<Backend>::gemm(ctx, transpose::no, transpose::no, s, as_const(gb), a, T(0), t);
-        ops<Backend>::dropout(ctx, dropout_stream_, options_.dropout, T(1), as_const(t), T(1), dx);
-      } else {
-        ops<Backend>::gemm(ctx, transpose::no, transpose::no, s, as_const(gb), a, T(1), dx);
-      }
-    }
-    saved_x_ = {};
-    saved_input_ = {};
-    pending_ = false;
+    project(ctx, adapter_stream_kind::nola_a, as_const(full_a), grad_a_.view());
+    this->low_rank_input_gradient(ctx, dy, gb, a, dx);
+    this->end_backward();
   }
 
   // --- Merge -------------------------------------------------------------------
@@ -342,19 +294,15 @@ class nola {
   /// @throws lowrank::invalid_argument when not merged.
   void unmerge(context<Backend>& ctx) {
     const char* fn = "lowrank::nola::unmerge";
-    merge_.require_active(fn);
-    matrix<T, Backend> a(ctx, rank(), in_features());
-    matrix<T, Backend> b(ctx, out_features(), rank());
-    compose_a(ctx, merged_alpha_.view(), a.view());
-    compose_b(ctx, merged_beta_.view(), b.view());
-    merge_.unmerge(ctx, fn, scaling_, b.view(), a.view(), {}, weight_);
-    merged_alpha_ = matrix<T, Backend>();
-    merged_beta_ = matrix<T, Backend>();
+    this->require_merged(fn);
+    matrix<T, Backend> a(ctx, this->rank(), this->in_features());
+    matrix<T, Backend> b(ctx, this->out_features(), this->rank());
+    compose_a(ctx, as_const(merged_a_.view()), a.view());
+    compose_b(ctx, as_const(merged_b_.view()), b.view());
+    this->unmerge_weight(ctx, fn, as_const(b.view()), as_const(a.view()), {});
+    merged_a_ = matrix<T, Backend>();
+    merged_b_ = matrix<T, Backend>();
   }
-
-  [[nodiscard]] bool merged() const noexcept { return merge_.active(); }
-  /// How many weight elements the current merge keeps to make unmerge exact.
-  [[nodiscard]] std::size_t merge_exceptions() const noexcept { return merge_.exceptions(); }
 
   // --- Memory ------------------------------------------------------------------
 
@@ -366,12 +314,7 @@ class nola {
     b_ = matrix<T, Backend>();
     basis_ = matrix<T, Backend>();
     grad_full_ = matrix<T, Backend>();
-    h_.release();
-    gb_.release();
-    dropped_.release();
-    saved_x_ = {};
-    saved_input_ = {};
-    pending_ = false;
+    this->release_batch_workspace();
   }
 
   /// The bytes of the adapter's state: the coefficients and their gradients,
@@ -379,23 +322,19 @@ class nola {
   /// merge record.
   [[nodiscard]] std::size_t state_bytes() const noexcept {
     const auto scalars =
-        static_cast<std::size_t>(alpha_.size() + beta_.size() + grad_alpha_.size() +
-                                 grad_beta_.size() + merged_alpha_.size() + merged_beta_.size());
-    return scalars * sizeof(T) + merge_.bytes();
+        static_cast<std::size_t>(coeff_a_.size() + coeff_b_.size() + grad_a_.size() +
+                                 grad_b_.size() + merged_a_.size() + merged_b_.size());
+    return scalars * sizeof(T) + this->merge_bytes();
   }
 
   /// The bytes of the workspaces now allocated (see the file comment).
   [[nodiscard]] std::size_t workspace_bytes() const noexcept {
     const auto scalars =
         static_cast<std::size_t>(a_.size() + b_.size() + basis_.size() + grad_full_.size());
-    return scalars * sizeof(T) + h_.bytes() + gb_.bytes() + dropped_.bytes();
+    return scalars * sizeof(T) + this->batch_bytes();
   }
 
  private:
-  [[nodiscard]] random_stream stream(adapter_stream_kind kind, std::uint64_t index) const noexcept {
-    return adapter_stream(options_.seed, options_.layer, kind, index);
-  }
-
   void check_bases(const char* fn, index_t first, matrix_view<T, Backend> out, index_t rows,
                    index_t count) const {
     if (out.rows() != rows) {
@@ -420,7 +359,7 @@ class nola {
   /// Columns first.. of the bases of `kind`: U(-1, 1) from the uniform [0, 1).
   void fill_bases(context<Backend>& ctx, adapter_stream_kind kind, index_t first,
                   matrix_view<T, Backend> out) const {
-    ops<Backend>::fill_random(ctx, distribution::uniform, stream(kind, 0), out, 0, first);
+    ops<Backend>::fill_random(ctx, distribution::uniform, this->stream(kind, 0), out, 0, first);
     ops<Backend>::affine(ctx, T(2), T(-1), out);
   }
 
@@ -429,8 +368,9 @@ class nola {
                                                     index_t cols) {
     if (basis_.size() == 0) {
       const index_t c = options_.chunk_size;
-      const index_t elements = std::max(rank() * in_features() * std::min(c, num_bases_a()),
-                                        out_features() * rank() * std::min(c, num_bases_b()));
+      const index_t elements =
+          std::max(this->rank() * this->in_features() * std::min(c, num_bases_a()),
+                   this->out_features() * this->rank() * std::min(c, num_bases_b()));
       basis_ = matrix<T, Backend>(ctx, elements, 1);
     }
     return {basis_.data(), rows, cols};
@@ -475,7 +415,7 @@ class nola {
   /// A = A0 + (1/sqrt(k)) Bases_a coef.
   void compose_a(context<Backend>& ctx, matrix_view<const T, Backend> coef,
                  matrix_view<T, Backend> a) {
-    detail::init_a(ctx, lora_init::peft_default, stream(adapter_stream_kind::init, 0), a);
+    detail::init_a(ctx, lora_init::peft_default, this->stream(adapter_stream_kind::init, 0), a);
     accumulate(ctx, adapter_stream_kind::nola_a, coef, a);
   }
 
@@ -486,53 +426,29 @@ class nola {
     accumulate(ctx, adapter_stream_kind::nola_b, coef, b);
   }
 
-  void check_batch(const char* fn, matrix_view<const T, Backend> x,
-                   matrix_view<T, Backend> y) const {
-    detail::check_forward_shapes(fn, x, y, in_features(), out_features());
-  }
-
-  void check_backward(const char* fn, matrix_view<const T, Backend> dy,
-                      matrix_view<T, Backend> dx) const {
-    detail::check_backward_state(fn, merged(), pending_, saved_x_.rows(), dy, dx, in_features(),
-                                 out_features());
-  }
-
   void merge_impl(context<Backend>& ctx, bool safe, const char* fn) {
-    merge_.require_inactive(fn);
+    this->require_unmerged(fn);
     // Fresh A and B: the forward's (in a_, b_) may still serve a pending backward.
-    matrix<T, Backend> keep_alpha(ctx, num_bases_a(), 1);
-    matrix<T, Backend> keep_beta(ctx, num_bases_b(), 1);
-    ops<Backend>::copy(ctx, alpha_.view(), keep_alpha.view());
-    ops<Backend>::copy(ctx, beta_.view(), keep_beta.view());
-    matrix<T, Backend> a(ctx, rank(), in_features());
-    matrix<T, Backend> b(ctx, out_features(), rank());
-    compose_a(ctx, keep_alpha.view(), a.view());
-    compose_b(ctx, keep_beta.view(), b.view());
-    merge_.merge(ctx, fn, scaling_, b.view(), a.view(), {}, weight_, safe);
-    merged_alpha_ = std::move(keep_alpha);
-    merged_beta_ = std::move(keep_beta);
+    matrix<T, Backend> keep_a(ctx, num_bases_a(), 1);
+    matrix<T, Backend> keep_b(ctx, num_bases_b(), 1);
+    ops<Backend>::copy(ctx, as_const(coeff_a_.view()), keep_a.view());
+    ops<Backend>::copy(ctx, as_const(coeff_b_.view()), keep_b.view());
+    matrix<T, Backend> a(ctx, this->rank(), this->in_features());
+    matrix<T, Backend> b(ctx, this->out_features(), this->rank());
+    compose_a(ctx, as_const(keep_a.view()), a.view());
+    compose_b(ctx, as_const(keep_b.view()), b.view());
+    this->merge_weight(ctx, fn, safe, as_const(b.view()), as_const(a.view()), {});
+    merged_a_ = std::move(keep_a);
+    merged_b_ = std::move(keep_b);
   }
 
   nola_options options_;
-  double scaling_ = 1;
-  matrix_view<T, Backend> weight_;
-  vector_view<T, Backend> bias_;
-  // The state: the coefficients and their gradients.
-  matrix<T, Backend> alpha_, beta_, grad_alpha_, grad_beta_;
-  bool training_ = true;
-  std::uint64_t step_ = 0;
-  // Workspaces: A, B, one chunk of bases, dA_full / dB_full, per-batch buffers.
+  // The state: the coefficients c and d and their gradients.
+  matrix<T, Backend> coeff_a_, coeff_b_, grad_a_, grad_b_;
+  // Workspaces: A, B, one chunk of bases, dA_full / dB_full.
   matrix<T, Backend> a_, b_, basis_, grad_full_;
-  detail::batch_workspace<T, Backend> h_, gb_, dropped_;
-  // The pending forward.
-  matrix_view<const T, Backend> saved_x_;
-  matrix_view<const T, Backend> saved_input_;
-  bool pending_ = false;
-  bool dropout_on_ = false;
-  random_stream dropout_stream_{};
-  // The merge: the coefficients as merged, and the record of the exact unmerge.
-  detail::weight_merge<T, Backend> merge_;
-  matrix<T, Backend> merged_alpha_, merged_beta_;
+  // The coefficients as merged (for the exact unmerge).
+  matrix<T, Backend> merged_a_, merged_b_;
 };
 
 }  // namespace lowrank

@@ -1,21 +1,25 @@
 #pragma once
 /// @file
-/// Backend tags and the two customisation points every backend specialises.
+/// Backend tags and the two customisation points every backend specialises
+/// (docs/architecture.md, "Backends").
 ///
 /// A backend is a tag type. It provides
-/// - `lowrank::context<Backend>`: owns what the backend needs to run (nothing
-///   much on the CPU; a stream, library handles and workspace on a GPU), and
-/// - `lowrank::ops<Backend>`: a struct of static functions, the whole backend
-///   surface in one place (gemm, orthonormalisation pieces, small SVD, random
-///   fills, norms, ...). The concept `lowrank::backend_for<Backend, T>`
-///   (core/concepts.hpp) lists the operations; each backend `static_assert`s it.
+/// - `lowrank::context<Backend>`: owns what the backend needs to run (threads
+///   and scratch memory on the CPU; a stream, library handles, workspace and
+///   per-family resources created on first use on a GPU), and
+/// - `lowrank::ops<Backend>`: a struct of static functions assembled from one
+///   part per family (backend/<name>/ops.hpp): the core part, with what every
+///   family needs (products, factorisations, random fills, element-wise maps,
+///   reductions, transfers; the concept `backend_for<Backend, T>` in
+///   core/concepts.hpp), and one part for each family that needs operations
+///   of its own (the adapters' concept is `adapter_backend_for<Backend, T>` in
+///   adapters/backend.hpp). Each backend `static_assert`s every concept.
 ///
 /// Algorithms are written once against `ops<Backend>` and take the context as
 /// their first argument; the backend is deduced from the data's type, so CPU
 /// data with a CUDA context does not compile.
 
 #include <string_view>
-#include <type_traits>
 
 namespace lowrank {
 
@@ -37,9 +41,5 @@ struct ops;
 /// The execution context of a backend; specialised in backend/<name>/context.hpp.
 template <class Backend>
 class context;
-
-/// True for the backend tags lowrank defines.
-template <class Backend>
-inline constexpr bool is_backend_v = std::is_same_v<Backend, cpu> || std::is_same_v<Backend, cuda>;
 
 }  // namespace lowrank

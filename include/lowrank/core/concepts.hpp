@@ -4,13 +4,15 @@
 ///
 /// - `scalar<T>`: the element types the algorithms support (float, double).
 /// - `backend_for<Backend, T>`: `ops<Backend>` provides, for element type T,
-///   every operation the decompositions use. Each backend `static_assert`s it
-///   where its ops are defined; a missing operation is a compile error, never a
+///   the core operations, those every family needs (products, factorisations,
+///   random fills, element-wise maps, reductions, transfers). A family that
+///   needs more declares its own concept beside its algorithms
+///   (adapters/backend.hpp). Each backend `static_assert`s every concept where
+///   its ops are assembled; a missing operation is a compile error, never a
 ///   run-time "not implemented".
 
 #include <concepts>
 #include <cstdint>
-#include <vector>
 
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/matrix.hpp"
@@ -54,19 +56,36 @@ struct cholesky_status {
 ///   or double, either way);
 /// - `fill_random(ctx, d, stream, x, row0, col0)`: X = the block at (row0,
 ///   col0) of the random matrix of `stream` (random/philox.hpp);
-/// - `fill`, `copy`, `scale_columns` (X = X diag(d)), `squared_norm` (||X||_F^2
-///   accumulated in double), `column_squared_norms`, `find_non_finite` (the
-///   column-major linear index of the first non-finite entry, or -1),
-///   `signs_of_largest` (per column, the sign of its largest-magnitude entry,
-///   the first one on ties, +1 for a zero column);
-/// - `download(ctx, src, dst)` / `upload(ctx, src, dst)`: copies between the
-///   backend's memory and host views (synchronous).
+/// - `fill`, `copy`, `scale_columns` (X = X diag(d)), `affine(ctx, alpha,
+///   beta, x)` (X = alpha X + beta), `axpby(ctx, alpha, x, beta, y)` (Y =
+///   alpha X + beta Y; beta = 0 ignores Y), `add_row_vector(ctx, alpha, v, y)`
+///   (Y(i, :) += alpha v^T), `divide(ctx, x, d, beta, y)` (y_i = x_i / d_i +
+///   beta y_i in double, rounded once to y's type; x, y float, double or T, d
+///   double);
+/// - reductions, accumulated in double: `squared_norm` (||X||_F^2),
+///   `column_squared_norms`, `add_column_sums(ctx, alpha, x, y)` (y_j +=
+///   alpha sum_i X(i, j)), `row_dots(ctx, x, y, out)` / `column_dots` (sums
+///   of X (.) Y per row / per column into a double vector),
+///   `find_non_finite` (the column-major linear index of the first non-finite
+///   entry, or -1), `signs_of_largest` (per column, the sign of its
+///   largest-magnitude entry, the first one on ties, +1 for a zero column);
+/// - index maps: `gather_rows(ctx, x, rows, out)` (Out(k, :) = X(rows[k], :))
+///   and `scatter_add_rows(ctx, alpha, src, rows, y)` (Y(rows[k], :) += alpha
+///   Src(k, :), the rows[k] distinct), rows a `vector_view<const index_t,
+///   Backend>`;
+/// - transfers: `download(ctx, src, dst)` / `upload(ctx, src, dst)` between
+///   the backend's memory and host views (synchronous), and
+///   `upload_indices(ctx, src, dst)` (a host index vector into a
+///   `vector<index_t, Backend>`; src may be reused as soon as it returns).
 template <class Backend, class T>
 concept backend_for = scalar<T> &&
     requires(context<Backend>& ctx, matrix_view<T, Backend> x, matrix_view<const T, Backend> cx,
              vector_view<T, Backend> v, vector_view<const T, Backend> cv, matrix_view<T, cpu> hx,
              matrix_view<const T, cpu> chx, matrix_view<double, Backend> dx,
-             matrix_view<const double, Backend> cdx, T alpha, index_t i, random_stream s) {
+             matrix_view<const double, Backend> cdx, vector_view<double, Backend> dv,
+             vector_view<const double, Backend> cdv, T alpha, index_t i, random_stream s,
+             vector_view<const index_t, Backend> rows, vector_view<index_t, Backend> index_out,
+             vector_view<const index_t, cpu> host_rows) {
   ops<Backend>::gemm(ctx, transpose::no, transpose::yes, alpha, cx, cx, alpha, x);
   ops<Backend>::gram(ctx, cx, x);
   ops<Backend>::multiply_right(ctx, cx, x);
@@ -79,73 +98,27 @@ concept backend_for = scalar<T> &&
   ops<Backend>::fill(ctx, x, alpha);
   ops<Backend>::copy(ctx, cx, x);
   ops<Backend>::scale_columns(ctx, cv, x);
-  { ops<Backend>::squared_norm(ctx, cx) } -> std::same_as<double>;
-  ops<Backend>::column_squared_norms(ctx, cx, v);
-  { ops<Backend>::find_non_finite(ctx, cx) } -> std::same_as<index_t>;
-  ops<Backend>::signs_of_largest(ctx, cx, v);
-  ops<Backend>::download(ctx, cx, hx);
-  ops<Backend>::upload(ctx, chx, x);
-  matrix<T, Backend>(ctx, i, i);
-  vector<T, Backend>(ctx, i);
-};
-
-/// One element of a weight that an unmerge cannot recompute exactly: its
-/// column-major index and its value before the merge (ops::merge_low_rank).
-template <class T>
-struct merge_exception {
-  index_t index;
-  T value;
-};
-
-/// The operations the adapters (adapters/) add to `backend_for`:
-/// - `affine(ctx, alpha, beta, x)`: X = alpha X + beta; `axpby(ctx, alpha, x,
-///   beta, y)`: Y = alpha X + beta Y (beta = 0 ignores Y);
-/// - `dropout(ctx, stream, p, alpha, x, beta, y)`: Y = alpha (X (.) M) / (1 - p)
-///   + beta Y with the keep mask M(i, j) = [u(i, j) >= p], u the float uniform
-///   matrix of `stream` (the same mask for float and double, CPU and GPU);
-/// - `add_row_vector(ctx, alpha, v, y)`: Y(i, :) += alpha v^T (a bias);
-/// - `add_column_sums(ctx, alpha, x, y)`: y_j += alpha sum_i X(i, j);
-/// - `row_dots(ctx, x, y, out)` / `column_dots(ctx, x, y, out)`: sums of
-///   X (.) Y per row / per column, in double, into a double vector;
-/// - `factored_row_norms(ctx, s, floor, w, b, c, n)`: n_i = max(sqrt(max(w_i +
-///   2 s b_i + s^2 c_i, 0)), floor), in double (DoRA's row norms);
-/// - `divide(ctx, x, d, beta, y)`: y_i = x_i / d_i + beta y_i in double,
-///   rounded once to y's type (x, y float, double or T; d double);
-/// - `merge_low_rank(ctx, s, b, a, c, w, check_only, record)` /
-///   `unmerge_low_rank(ctx, s, b, a, c, w, record)`: W' = fl(c_i (W + s B A))
-///   in extended precision and its exact inverse (backend/cpu/ops.hpp);
-/// - `gather_rows(ctx, x, rows, out)`: Out(k, :) = X(rows[k], :);
-///   `scatter_add_rows(ctx, alpha, src, rows, y)`: Y(rows[k], :) += alpha
-///   Src(k, :), the rows[k] distinct (rows: a `vector_view<const index_t,
-///   Backend>`; multi-adapter batches, adapters/multi_lora.hpp);
-/// - `upload_indices(ctx, src, dst)`: a host index vector into the backend's
-///   memory (`vector<index_t, Backend>`); the caller may reuse src as soon as
-///   it returns.
-template <class Backend, class T>
-concept adapter_backend_for = backend_for<Backend, T> &&
-    requires(context<Backend>& ctx, matrix_view<T, Backend> x, matrix_view<const T, Backend> cx,
-             vector_view<T, Backend> v, vector_view<const T, Backend> cv,
-             vector_view<double, Backend> dv, vector_view<const double, Backend> cdv, T alpha,
-             random_stream s, std::vector<merge_exception<T>>* record, index_t n,
-             vector_view<const index_t, Backend> rows, vector_view<index_t, Backend> index_out,
-             vector_view<const index_t, cpu> host_rows) {
   ops<Backend>::affine(ctx, alpha, alpha, x);
   ops<Backend>::axpby(ctx, alpha, cx, alpha, x);
-  ops<Backend>::dropout(ctx, s, 0.5, alpha, cx, alpha, x);
   ops<Backend>::add_row_vector(ctx, alpha, cv, x);
-  ops<Backend>::add_column_sums(ctx, alpha, cx, v);
-  ops<Backend>::row_dots(ctx, cx, cx, dv);
-  ops<Backend>::column_dots(ctx, cx, cx, dv);
-  ops<Backend>::factored_row_norms(ctx, 1.0, 1.0, cdv, cdv, cdv, dv);
   ops<Backend>::divide(ctx, cv, cdv, 1.0, v);
   ops<Backend>::divide(ctx, cv, cdv, 1.0, dv);
   ops<Backend>::divide(ctx, cdv, cdv, 1.0, v);
-  { ops<Backend>::merge_low_rank(ctx, 1.0, cx, cx, cdv, x, true, record) } -> std::same_as<index_t>;
-  ops<Backend>::unmerge_low_rank(ctx, 1.0, cx, cx, cdv, x, *record);
+  { ops<Backend>::squared_norm(ctx, cx) } -> std::same_as<double>;
+  ops<Backend>::column_squared_norms(ctx, cx, v);
+  { ops<Backend>::find_non_finite(ctx, cx) } -> std::same_as<index_t>;
+  ops<Backend>::add_column_sums(ctx, alpha, cx, v);
+  ops<Backend>::row_dots(ctx, cx, cx, dv);
+  ops<Backend>::column_dots(ctx, cx, cx, dv);
+  ops<Backend>::signs_of_largest(ctx, cx, v);
   ops<Backend>::gather_rows(ctx, cx, rows, x);
   ops<Backend>::scatter_add_rows(ctx, alpha, cx, rows, x);
+  ops<Backend>::download(ctx, cx, hx);
+  ops<Backend>::upload(ctx, chx, x);
   ops<Backend>::upload_indices(ctx, host_rows, index_out);
-  vector<index_t, Backend>(ctx, n);
+  matrix<T, Backend>(ctx, i, i);
+  vector<T, Backend>(ctx, i);
+  vector<index_t, Backend>(ctx, i);
 };
 
 }  // namespace lowrank

@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// lowrank's error model (DESIGN.md, "Errors").
+/// lowrank's error model (docs/architecture.md, "Errors").
 ///
 /// - `lowrank::invalid_argument` (a `std::invalid_argument`): a caller mistake
 ///   detected at a public entry point: a wrong shape, rank, option or file.

@@ -6,6 +6,8 @@
 /// part of the type: a view of device memory is not a view of host memory.
 ///
 /// Element access (`operator()`) exists only for host memory (`B = cpu`).
+/// A matrix view is a `linear_operator` (core/linear_operator.hpp): `apply`
+/// and `apply_transposed` multiply by it on its backend (a gemm).
 
 #include <cstddef>
 #include <type_traits>
@@ -78,6 +80,20 @@ class matrix_view {
     return block(0, j, rows_, 1);
   }
 
+  /// Y = alpha A X + beta Y, A this view (m x n), X n x c, Y m x c: a gemm
+  /// on the backend (`ops<Backend>::gemm`; beta = 0 ignores Y).
+  void apply(context<Backend>& ctx, matrix_view<const value_type, Backend> x,
+             matrix_view<value_type, Backend> y, value_type alpha = value_type(1),
+             value_type beta = value_type(0)) const {
+    ops<Backend>::gemm(ctx, transpose::no, transpose::no, alpha, as_read_only(), x, beta, y);
+  }
+  /// Y = alpha A^T X + beta Y (X m x c, Y n x c).
+  void apply_transposed(context<Backend>& ctx, matrix_view<const value_type, Backend> x,
+                        matrix_view<value_type, Backend> y, value_type alpha = value_type(1),
+                        value_type beta = value_type(0)) const {
+    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, alpha, as_read_only(), x, beta, y);
+  }
+
   /// Element (i, j); host memory only.
   [[nodiscard]] constexpr T& operator()(
       index_t i, index_t j) const noexcept requires std::is_same_v<Backend, cpu> {
@@ -86,6 +102,10 @@ class matrix_view {
   }
 
  private:
+  [[nodiscard]] constexpr matrix_view<const value_type, Backend> as_read_only() const noexcept {
+    return {data_, rows_, cols_, ld_};
+  }
+
   T* data_ = nullptr;
   index_t rows_ = 0;
   index_t cols_ = 0;

@@ -1,7 +1,7 @@
 #pragma once
 /// @file
 /// Orthonormalising a tall block of columns: the step that dominates the
-/// overhead of randomized range finders (ALGORITHMS.md section 1).
+/// overhead of randomized range finders (docs/algorithms.md, "Decompositions").
 ///
 /// `orthonormalize(ctx, y, accuracy)` replaces Y (m x l, m >= l) by Q with
 /// span(Q) = span(Y) (up to rounding) using Cholesky QR (CholQR: R = chol(Y^T Y),
@@ -16,9 +16,10 @@
 /// CholQR breaks down when Y is numerically rank-deficient (the Cholesky
 /// factorisation fails) or too ill-conditioned for the second pass to repair
 /// (detected from the Gram matrix of that pass, ||Q1^T Q1 - I||_F >= 1/2). It
-/// then falls back to shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa, Zhang,
-/// Yamamoto 2020: R = chol(Y^T Y + s I) with s = 11 (m l + l (l + 1)) eps ||Y||_F^2,
-/// then CholQR2), which handles cond(Y) up to about 1/eps, and finally to
+/// then falls back to shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa,
+/// Yamamoto, Yanagisawa, SISC 2020: R = chol(Y^T Y + s I) with s = 11 (m l
+/// + l (l + 1)) eps ||Y||_F^2, then CholQR2), which handles cond(Y) up to
+/// about 1/eps, and finally to
 /// Householder QR, which always succeeds (for exactly rank-deficient Y, Q spans
 /// span(Y) plus orthonormal directions of the QR's choosing).
 ///

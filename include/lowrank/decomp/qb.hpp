@@ -34,6 +34,7 @@
 
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/eigen.hpp"
+#include "lowrank/core/linear_operator.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
 #include "lowrank/decomp/detail/common.hpp"
@@ -76,15 +77,14 @@ matrix<T, Backend> grown(context<Backend>& ctx, const matrix<T, Backend>& old, i
 
 /// randQB_EI on M (see the file comment). `tolerance` is relative (already
 /// clamped), `block` >= 1, 1 <= `max_rank` <= M.cols().
-template <class T, class Backend>
-qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, const oriented_operator<T, Backend>& m,
-                                     double tolerance, index_t max_rank, index_t block,
-                                     index_t power_iterations, random_stream stream,
-                                     const char* function) {
+template <class Op, class T = operator_value_t<Op>, class Backend = operator_backend_t<Op>>
+qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, const oriented<Op>& m, double tolerance,
+                                     index_t max_rank, index_t block, index_t power_iterations,
+                                     random_stream stream, const char* function) {
   const index_t big = m.rows();
   const index_t small = m.cols();
   qb_factors<T, Backend> f;
-  f.total = ops<Backend>::squared_norm(ctx, m.a);
+  f.total = operator_squared_norm(ctx, m.a);
   if (!std::isfinite(f.total)) throw_non_finite(ctx, function, m.a);
   f.residual = f.total;
   index_t capacity = std::min(max_rank, 2 * block);

@@ -11,15 +11,20 @@
 /// B^T = W S X^T                         thin SVD of the small factor
 /// M ~ (Q X_k) S_k W_k^T                 keep k of the l columns
 /// ```
-/// 2q + 2 passes over A (2 m n l flops each); the signs follow scikit-learn's
-/// svd_flip (the largest-magnitude entry of each column of U is positive).
-/// Memory besides the output: max(m,n) x l + min(m,n) x l + O(l^2) (no
-/// temporary exceeds max(m, n) x l). Expected Frobenius error <= (1 + k/(p-1))^{1/2}
-/// times the Eckart-Young optimum for q = 0 (HMT Theorem 10.5), approaching it
-/// at the rate (s_{k+1}/s_k)^{2q} with power iterations; with the defaults
-/// (p = 10, q = 2) the tests hold it within 2% of optimal.
+/// 2q + 2 products with A or A^T (2 m n l flops each for a dense A); the signs follow
+/// scikit-learn's svd_flip (the largest-magnitude entry of each column of U is positive). Memory
+/// besides the output: max(m,n) x l + min(m,n) x l + O(l^2) (no temporary exceeds max(m, n) x l).
+/// Expected Frobenius error <= (1 + k/(p-1))^{1/2} times the Eckart-Young optimum for q = 0 (HMT
+/// Theorem 10.5); power iterations drive the error towards s_{k+1} at the rate (s_{k+1}/s_k)^{2q+1}
+/// (HMT Corollary 10.10); with the defaults (p = 10, q = 2) the tests hold it
+/// within 2% of optimal.
 ///
-/// **Fixed accuracy** (`tolerance`): randQB_EI (decomp/qb.hpp) grows the
+/// **Operators.** A is a dense view or any `linear_operator`
+/// (core/linear_operator.hpp): the algorithms touch A only through products
+/// with it and its transpose (plus ||A||_F^2 for fixed accuracy), so a sparse
+/// matrix or a product known through its action decomposes the same way.
+///
+/// **Fixed accuracy** (`fixed_accuracy`): randQB_EI (decomp/qb.hpp) grows the
 /// factorisation by blocks until ||A - U S V^T||_F <= tol ||A||_F by the error
 /// indicator, then takes the SVD of the small factor. The rank returned is the
 /// smallest the sketch supports, found exactly inside the last block. The
@@ -39,6 +44,7 @@
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/eigen.hpp"
 #include "lowrank/core/error.hpp"
+#include "lowrank/core/linear_operator.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
 #include "lowrank/decomp/detail/common.hpp"
@@ -59,7 +65,7 @@ struct randomized_svd_options {
 
 /// The fixed-accuracy request: the smallest rank with
 /// ||A - U S V^T||_F <= relative_error ||A||_F.
-struct tolerance {
+struct fixed_accuracy {
   double relative_error = 0;     ///< in (0, 1); raised to qb_tolerance_floor<T>() if below
   index_t max_rank = 0;          ///< the largest rank to try; 0 means min(m, n)
   index_t block_size = 0;        ///< columns added per step; 0 means min(32, max_rank)
@@ -109,17 +115,20 @@ low_rank<T, Backend> svd_of_qb(context<Backend>& ctx, transpose op,
 
 }  // namespace detail
 
-/// Rank-k randomized SVD of A (m x n): A ~ U diag(s) V^T with U m x k, s k
-/// (descending, >= 0), V n x k (see the file comment for algorithm, cost,
-/// memory and guarantee).
+/// Rank-k randomized SVD of A (m x n, a dense view or any `linear_operator`):
+/// A ~ U diag(s) V^T with U m x k, s k (descending, >= 0), V n x k (see the
+/// file comment for algorithm, cost, memory and guarantee).
 /// @throws lowrank::invalid_argument if A is empty, k is not in [1, min(m, n)],
 /// or oversampling / power_iterations is negative;
-/// lowrank::numerical_error if A has a NaN or Inf entry (the message names it).
-template <scalar T, class Backend>
-requires backend_for<Backend, T>
-[[nodiscard]] low_rank<T, Backend> randomized_svd(context<Backend>& ctx,
-                                                  matrix_view<const T, Backend> a, index_t k,
-                                                  const randomized_svd_options& options = {}) {
+/// lowrank::numerical_error if A has a NaN or Inf entry (the message names it
+/// for a dense A).
+template <linear_operator Op>
+requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
+[[nodiscard]] low_rank<operator_value_t<Op>, operator_backend_t<Op>> randomized_svd(
+    context<operator_backend_t<Op>>& ctx, const Op& a, index_t k,
+    const randomized_svd_options& options = {}) {
+  using T = operator_value_t<Op>;
+  using Backend = operator_backend_t<Op>;
   const char* fn = "lowrank::randomized_svd";
   detail::require_non_empty(fn, a);
   detail::require_rank(fn, a, k);
@@ -130,7 +139,7 @@ requires backend_for<Backend, T>
     detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations,
                                    ">= 0");
   }
-  const auto m = detail::oriented_operator<T, Backend>::tall(a);
+  const auto m = detail::oriented<Op>::tall(a);
   const index_t l = std::min(k + options.oversampling, m.cols());
   matrix<T, Backend> q(ctx, m.rows(), l);
   matrix<T, Backend> z(ctx, m.cols(), l);
@@ -141,24 +150,27 @@ requires backend_for<Backend, T>
   return detail::svd_of_qb(ctx, m.op, as_const(q.view()), z.view(), k, &c);
 }
 
-/// Fixed-accuracy randomized SVD of A (m x n): the smallest rank k (up to
-/// `max_rank`) with ||A - U diag(s) V^T||_F <= tol ||A||_F by the randQB_EI
-/// indicator (see the file comment). A zero matrix gives rank 0.
+/// Fixed-accuracy randomized SVD of A (m x n, a dense view or any
+/// `linear_operator`): the smallest rank k (up to `max_rank`) with
+/// ||A - U diag(s) V^T||_F <= tol ||A||_F by the randQB_EI indicator (see the
+/// file comment). A zero matrix gives rank 0. ||A||_F^2 comes from
+/// `operator_squared_norm` (one pass over a dense A).
 /// @throws lowrank::invalid_argument if A is empty, relative_error is not in
 /// (0, 1), max_rank is not in [0, min(m, n)], block_size < 0 or
 /// power_iterations < 0; lowrank::numerical_error if A is not finite.
-template <scalar T, class Backend>
-requires backend_for<Backend, T>
-[[nodiscard]] adaptive_low_rank<T, Backend> randomized_svd(context<Backend>& ctx,
-                                                           matrix_view<const T, Backend> a,
-                                                           const tolerance& tol) {
+template <linear_operator Op>
+requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
+[[nodiscard]] adaptive_low_rank<operator_value_t<Op>, operator_backend_t<Op>> randomized_svd(
+    context<operator_backend_t<Op>>& ctx, const Op& a, const fixed_accuracy& tol) {
+  using T = operator_value_t<Op>;
+  using Backend = operator_backend_t<Op>;
   const char* fn = "lowrank::randomized_svd";
   detail::require_non_empty(fn, a);
   if (!(tol.relative_error > 0 && tol.relative_error < 1)) {
     detail::throw_invalid_argument(fn, "tol.relative_error", tol.relative_error,
                                    "a value in (0, 1)");
   }
-  const index_t limit = std::min(a.rows(), a.cols());
+  const index_t limit = std::min<index_t>(a.rows(), a.cols());
   if (tol.max_rank < 0 || tol.max_rank > limit) {
     detail::throw_invalid_argument(
         fn, "tol.max_rank", tol.max_rank,
@@ -174,7 +186,7 @@ requires backend_for<Backend, T>
   const index_t block = std::min(tol.block_size == 0 ? index_t{32} : tol.block_size, max_rank);
   const double used_tolerance = std::max(tol.relative_error, qb_tolerance_floor<T>());
 
-  const auto m = detail::oriented_operator<T, Backend>::tall(a);
+  const auto m = detail::oriented<Op>::tall(a);
   auto f = detail::randomized_qb(ctx, m, used_tolerance, max_rank, block, tol.power_iterations,
                                  random_stream{tol.seed, 0}, fn);
   adaptive_low_rank<T, Backend> result;
@@ -192,24 +204,6 @@ requires backend_for<Backend, T>
   return result;
 }
 
-/// `randomized_svd` for a writable view (converted to read-only).
-template <scalar T, class Backend>
-requires backend_for<Backend, T>
-[[nodiscard]] low_rank<T, Backend> randomized_svd(context<Backend>& ctx, matrix_view<T, Backend> a,
-                                                  index_t k,
-                                                  const randomized_svd_options& options = {}) {
-  return randomized_svd(ctx, as_const(a), k, options);
-}
-
-/// `randomized_svd` (fixed accuracy) for a writable view.
-template <scalar T, class Backend>
-requires backend_for<Backend, T>
-[[nodiscard]] adaptive_low_rank<T, Backend> randomized_svd(context<Backend>& ctx,
-                                                           matrix_view<T, Backend> a,
-                                                           const tolerance& tol) {
-  return randomized_svd(ctx, as_const(a), tol);
-}
-
 /// Rank-k randomized SVD of an Eigen matrix or expression (float or double),
 /// on the CPU: `auto r = lowrank::randomized_svd(A, 64);`. Column-major data is
 /// read in place; other expressions are evaluated once.
@@ -223,11 +217,11 @@ requires scalar<typename Derived::Scalar>
 }
 
 /// Fixed-accuracy randomized SVD of an Eigen matrix or expression, on the CPU:
-/// `auto r = lowrank::randomized_svd(A, lowrank::tolerance{.relative_error = 1e-2});`.
+/// `auto r = lowrank::randomized_svd(A, lowrank::fixed_accuracy{.relative_error = 1e-2});`.
 template <class Derived>
 requires scalar<typename Derived::Scalar>
 [[nodiscard]] adaptive_low_rank<typename Derived::Scalar> randomized_svd(
-    const Eigen::MatrixBase<Derived>& a, const tolerance& tol) {
+    const Eigen::MatrixBase<Derived>& a, const fixed_accuracy& tol) {
   const eigen_input<typename Derived::Scalar> input(a.derived());
   detail::host_context<Derived> ctx;
   return randomized_svd(ctx, view(input), tol);

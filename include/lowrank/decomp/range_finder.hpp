@@ -10,14 +10,16 @@
 /// passes (a well-conditioned basis is all the iteration needs); the last one
 /// is CholQR2, so Q^T Q = I to working precision (decomp/orthonormalize.hpp).
 ///
-/// Shapes: A is m x n, Q is m x l, 1 <= l <= min(m, n).
-/// Cost: 2q + 1 products with A or A^T (2 m n l flops each) and 2q + 2
+/// Shapes: A is m x n (a dense view or any `linear_operator`), Q is m x l,
+/// 1 <= l <= min(m, n).
+/// Cost: q + 1 products with A and q with A^T (2 m n l flops each for a
+/// dense A; an operator's own cost otherwise) and 2q + 2
 /// orthonormalisation passes (2 m l^2 or 2 n l^2 flops each).
 /// Memory: the output plus an n x l sketch.
-/// Guarantee (HMT Theorem 10.7 for q = 0, Corollary 10.10 for q > 0): with
+/// Guarantee (HMT Theorem 10.5 for q = 0, Corollary 10.10 for q > 0): with
 /// l = k + p, E||A - Q Q^T A||_F <= (1 + k / (p - 1))^{1/2} (sum_{j>k} s_j^2)^{1/2}
-/// for q = 0, and the power iterations drive the error towards s_{k+1} at the
-/// rate (s_{k+1} / s_k)^{2q+1}.
+/// for q = 0, and the power iterations drive the (spectral) error towards
+/// s_{k+1} at the rate (s_{k+1} / s_k)^{2q+1}.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -27,6 +29,7 @@
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/eigen.hpp"
 #include "lowrank/core/error.hpp"
+#include "lowrank/core/linear_operator.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
 #include "lowrank/decomp/detail/common.hpp"
@@ -49,11 +52,10 @@ namespace detail {
 /// Y C is the orthonormal basis.
 /// @throws lowrank::numerical_error if A holds a non-finite entry (found
 /// through the first product, which it would poison).
-template <class T, class Backend>
-void subspace_iteration(context<Backend>& ctx, const oriented_operator<T, Backend>& m,
-                        random_stream stream, index_t q, matrix_view<T, Backend> y,
-                        matrix_view<T, Backend> z, const char* function,
-                        matrix<double, Backend>* c = nullptr) {
+template <class Op, class T, class Backend>
+void subspace_iteration(context<Backend>& ctx, const oriented<Op>& m, random_stream stream,
+                        index_t q, matrix_view<T, Backend> y, matrix_view<T, Backend> z,
+                        const char* function, matrix<double, Backend>* c = nullptr) {
   ops<Backend>::fill_random(ctx, distribution::gaussian, stream, z, 0, 0);
   m.apply(ctx, as_const(z), y);
   // Any NaN or Inf in A reaches Y through the dense Gaussian Omega, so checking
@@ -71,39 +73,30 @@ void subspace_iteration(context<Backend>& ctx, const oriented_operator<T, Backen
 }  // namespace detail
 
 /// Q (m x l) with orthonormal columns whose span approximates the dominant
-/// l-dimensional range of A (see the file comment for the algorithm, cost and
-/// guarantee).
+/// l-dimensional range of A, a dense view or any `linear_operator` (see the
+/// file comment for the algorithm, cost and guarantee).
 /// @throws lowrank::invalid_argument if A is empty, l is not in [1, min(m, n)]
 /// or power_iterations < 0; lowrank::numerical_error if A is not finite.
-template <scalar T, class Backend>
-requires backend_for<Backend, T>
-[[nodiscard]] matrix<T, Backend> range_finder(context<Backend>& ctx,
-                                              matrix_view<const T, Backend> a, index_t l,
-                                              const range_finder_options& options = {}) {
+template <linear_operator Op>
+requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
+[[nodiscard]] matrix<operator_value_t<Op>, operator_backend_t<Op>> range_finder(
+    context<operator_backend_t<Op>>& ctx, const Op& a, index_t l,
+    const range_finder_options& options = {}) {
+  using T = operator_value_t<Op>;
+  using Backend = operator_backend_t<Op>;
   const char* fn = "lowrank::range_finder";
   detail::require_non_empty(fn, a);
-  const index_t limit = std::min(a.rows(), a.cols());
-  if (l < 1 || l > limit) {
-    detail::throw_invalid_argument(fn, "l", l, "1 <= l <= min(m, n) = " + std::to_string(limit));
-  }
+  detail::require_in_range(fn, "l", l, 1, std::min<index_t>(a.rows(), a.cols()), "min(m, n)");
   if (options.power_iterations < 0) {
     detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations,
                                    ">= 0");
   }
-  const detail::oriented_operator<T, Backend> m{a, transpose::no};
+  const detail::oriented<Op> m{a, transpose::no};
   matrix<T, Backend> q(ctx, a.rows(), l);
   matrix<T, Backend> z(ctx, a.cols(), l);
   detail::subspace_iteration(ctx, m, random_stream{options.seed, 0}, options.power_iterations,
                              q.view(), z.view(), fn);
   return q;
-}
-
-/// `range_finder` for a writable view (converted to read-only).
-template <scalar T, class Backend>
-requires backend_for<Backend, T>
-[[nodiscard]] matrix<T, Backend> range_finder(context<Backend>& ctx, matrix_view<T, Backend> a,
-                                              index_t l, const range_finder_options& options = {}) {
-  return range_finder(ctx, as_const(a), l, options);
 }
 
 /// `range_finder` on an Eigen matrix or expression, on the CPU.

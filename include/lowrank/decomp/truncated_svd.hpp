@@ -35,7 +35,7 @@ requires backend_for<Backend, T>
   const char* fn = "lowrank::truncated_svd";
   detail::require_non_empty(fn, a);
   detail::require_rank(fn, a, k);
-  detail::require_finite(ctx, fn, a);
+  detail::require_finite(ctx, fn, "a", a);
   const index_t r = std::min(a.rows(), a.cols());
   matrix<T, Backend> u(ctx, a.rows(), r);
   vector<T, Backend> s(ctx, r);

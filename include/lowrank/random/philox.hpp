@@ -31,10 +31,13 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include <Eigen/Core>
 
 #include "lowrank/core/config.hpp"
+#include "lowrank/core/error.hpp"
+#include "lowrank/core/matrix_view.hpp"
 
 namespace lowrank {
 
@@ -255,6 +258,31 @@ LOWRANK_HOST_DEVICE inline void random_block(random_stream s, std::uint64_t bloc
     }
   }
 }
+
+namespace detail {
+
+/// Throws lowrank::invalid_argument unless rows [row0, row0 + rows) and
+/// columns [col0, col0 + cols) of a random matrix of T and D lie within the
+/// generator's range: rows below 2^32 R (R = rows_per_block<T, D>), columns
+/// below 2^32. `fn` names the caller.
+template <class T>
+void require_random_range(const char* fn, distribution d, index_t rows, index_t cols,
+                          index_t row0 = 0, index_t col0 = 0) {
+  const index_t r = (d == distribution::rademacher || sizeof(T) == 4) ? 4 : 2;
+  constexpr index_t counter_limit = index_t{1} << 32;
+  if (row0 < 0) throw_invalid_argument(fn, "row0", row0, ">= 0");
+  if (col0 < 0) throw_invalid_argument(fn, "col0", col0, ">= 0");
+  if (row0 + rows > counter_limit * r) {
+    throw_invalid_argument(fn, "row0 + x.rows()", row0 + rows,
+                           "<= 2^32 * " + std::to_string(r) + " (the generator's row range)");
+  }
+  if (col0 + cols > counter_limit) {
+    throw_invalid_argument(fn, "col0 + x.cols()", col0 + cols,
+                           "<= 2^32 (the generator's column range)");
+  }
+}
+
+}  // namespace detail
 
 /// Element (i, j) of the random matrix of stream `s` (convenient, and the
 /// definition the fills must reproduce; a fill computes whole blocks instead).

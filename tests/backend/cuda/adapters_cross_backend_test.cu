@@ -135,7 +135,7 @@ outputs run_lora(const problem<T>& p) {
   auto bias = to_backend<Backend>(ctx, p.bias);
   const auto a = to_backend<Backend>(ctx, p.a);
   const auto b = to_backend<Backend>(ctx, p.b);
-  auto layer = lora<Backend, T>::from_factors(
+  auto layer = lora<T, Backend>::from_factors(
       ctx, w.view(), as_vector(bias), a.view(), b.view(),
       {.alpha = 6, .dropout = 0.25, .train_bias = true, .seed = 11, .layer = 2});
   outputs o;
@@ -153,8 +153,8 @@ outputs run_dora(const problem<T>& p) {
   auto bias = to_backend<Backend>(ctx, p.bias);
   const auto a = to_backend<Backend>(ctx, p.a);
   const auto b = to_backend<Backend>(ctx, p.b);
-  dora<Backend, T> layer(
-      ctx, lora<Backend, T>::from_factors(
+  dora<T, Backend> layer(
+      ctx, lora<T, Backend>::from_factors(
                ctx, w.view(), as_vector(bias), a.view(), b.view(),
                {.alpha = 6, .dropout = 0.25, .train_bias = true, .seed = 12, .layer = 3}));
   outputs o;
@@ -174,7 +174,7 @@ outputs run_nola(const problem<T>& p) {
   auto w = to_backend<Backend>(ctx, p.w);
   auto bias = to_backend<Backend>(ctx, p.bias);
   // k = 10 and l = 12 bases in chunks of 4 (a partial last chunk).
-  nola<Backend, T> layer(ctx, w.view(), as_vector(bias),
+  nola<T, Backend> layer(ctx, w.view(), as_vector(bias),
                          {.rank = 4,
                           .alpha = 6,
                           .dropout = 0.25,
@@ -203,7 +203,7 @@ outputs run_multi_lora(const problem<T>& p) {
   auto ctx = make_context<Backend>(2);
   const auto w = to_backend<Backend>(ctx, p.w);
   auto bias = to_backend<Backend>(ctx, p.bias);
-  multi_lora<Backend, T> layer(ctx, w.view(), as_const(as_vector(bias)));
+  multi_lora<T, Backend> layer(ctx, w.view(), as_const(as_vector(bias)));
   // Four adapters of different ranks; adapter 3 gets no rows in the first batch.
   const index_t ranks[] = {2, 3, 4, 1};
   const double scalings[] = {0.5, 2, 1.25, 3};
@@ -440,10 +440,10 @@ TYPED_TEST(adapters_cross_backend, merge_and_unmerge_restore_the_weight_bit_for_
   const lora_options options{.alpha = 6};
 
   host_matrix<T> hw = w0;
-  auto cpu_layer = lora<cpu, T>::from_factors(host, view(hw), {}, view(p.a), view(p.b), options);
+  auto cpu_layer = lora<T, cpu>::from_factors(host, view(hw), {}, view(p.a), view(p.b), options);
   cpu_layer.merge(host);
   matrix<T, cuda> w(gpu, w0);
-  auto layer = lora<cuda, T>::from_factors(gpu, w.view(), {}, a.view(), b.view(), options);
+  auto layer = lora<T, cuda>::from_factors(gpu, w.view(), {}, a.view(), b.view(), options);
   layer.merge(gpu);
   EXPECT_TRUE(layer.merged());
   EXPECT_TRUE(same_bits(w.to_eigen(), hw)) << "lora merge";
@@ -455,12 +455,12 @@ TYPED_TEST(adapters_cross_backend, merge_and_unmerge_restore_the_weight_bit_for_
   {
     cpu_layer.unmerge(host);
     ASSERT_TRUE(same_bits(hw, w0));
-    dora<cuda, T> d(gpu,
-                    lora<cuda, T>::from_factors(gpu, w.view(), {}, a.view(), b.view(), options));
+    dora<T, cuda> d(gpu,
+                    lora<T, cuda>::from_factors(gpu, w.view(), {}, a.view(), b.view(), options));
     // A magnitude other than the norms, so that the row scale is not 1.
     ops<cuda>::affine(gpu, T(1.5), T(0.25), d.magnitude());
-    dora<cpu, T> hd(host,
-                    lora<cpu, T>::from_factors(host, view(hw), {}, view(p.a), view(p.b), options));
+    dora<T, cpu> hd(host,
+                    lora<T, cpu>::from_factors(host, view(hw), {}, view(p.a), view(p.b), options));
     ops<cpu>::affine(host, T(1.5), T(0.25), hd.magnitude());
     hd.merge(host);
     d.merge(gpu);
@@ -476,7 +476,7 @@ TYPED_TEST(adapters_cross_backend, merge_and_unmerge_restore_the_weight_bit_for_
   const host_matrix<T> ones = host_matrix<T>::Ones(p.rank, p.in);
   const matrix<T, cuda> dhuge(gpu, huge_b);
   const matrix<T, cuda> dones(gpu, ones);
-  auto bad = lora<cuda, T>::from_factors(gpu, w.view(), {}, dones.view(), dhuge.view(), options);
+  auto bad = lora<T, cuda>::from_factors(gpu, w.view(), {}, dones.view(), dhuge.view(), options);
   EXPECT_THROW(bad.safe_merge(gpu), lowrank::numerical_error);
   EXPECT_FALSE(bad.merged());
   EXPECT_TRUE(same_bits(w.to_eigen(), w0)) << "safe_merge";

@@ -306,8 +306,10 @@ TYPED_TEST(cross_backend, randomized_svd_agrees_with_the_cpu) {
         c.u.template cast<double>() * cs.asDiagonal() * c.v.template cast<double>().transpose();
     EXPECT_LE((gapprox - capprox).norm(), 1000 * eps * ad.norm());
 
-    const auto gt = randomized_svd(gpu, ga.view(), tolerance{.relative_error = 0.05, .seed = 3});
-    const auto ct = randomized_svd(host, view(a), tolerance{.relative_error = 0.05, .seed = 3});
+    const auto gt =
+        randomized_svd(gpu, ga.view(), fixed_accuracy{.relative_error = 0.05, .seed = 3});
+    const auto ct =
+        randomized_svd(host, view(a), fixed_accuracy{.relative_error = 0.05, .seed = 3});
     EXPECT_EQ(gt.rank(), ct.rank());
     EXPECT_NEAR(gt.relative_error_estimate, ct.relative_error_estimate, 1e-3);
   }
@@ -339,6 +341,37 @@ TYPED_TEST(cross_backend, invalid_input_throws_before_any_kernel) {
   matrix<T, cuda> x(gpu, 4, 4);
   EXPECT_THROW(ops<cuda>::fill_random(gpu, distribution::gaussian, {}, x.view(), -1, 0),
                invalid_argument);
+}
+
+// A family's resource on the CUDA context: made once from the context, bound
+// to its stream, destroyed with it; workspace frames on the device hand out
+// pieces that do not overlap while their frames are open.
+struct stream_bound_resource {
+  cudaStream_t stream;
+  explicit stream_bound_resource(context<cuda>& ctx) : stream(ctx.stream()) {}
+};
+
+TEST(cuda_context, resources_and_workspace_frames) {
+  if (!context<cuda>::device_available()) {
+    if (device_required()) FAIL() << "no CUDA device visible, and LOWRANK_TEST_REQUIRE_DEVICE=1";
+    GTEST_SKIP() << "no CUDA device visible";
+  }
+  context<cuda> gpu;
+  auto& r = gpu.resource<stream_bound_resource>();
+  EXPECT_EQ(r.stream, gpu.stream());
+  EXPECT_EQ(&r, &gpu.resource<stream_bound_resource>());
+  auto outer = gpu.workspace();
+  auto* a = outer.take<float>(1000);
+  {
+    auto inner = gpu.workspace();
+    auto* b = inner.take<double>(1 << 20);  // beyond the first block: a new one
+    const auto* ab = reinterpret_cast<const char*>(a);
+    const auto* bb = reinterpret_cast<const char*>(b);
+    EXPECT_TRUE(ab + 4000 <= bb || bb + 8 * (1 << 20) <= ab);
+    detail::check(cudaMemsetAsync(b, 0, 8 * (1 << 20), gpu.stream()), "cudaMemsetAsync");
+  }
+  detail::check(cudaMemsetAsync(a, 0, 4000, gpu.stream()), "cudaMemsetAsync");
+  gpu.synchronize();
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #pragma once
 /// @file
-/// The CPU execution context: the threads the CPU backend runs on.
+/// The CPU execution context: the threads the CPU backend runs on, its
+/// scratch memory and the resources families create on first use.
 ///
 /// lowrank parallelises its CPU operations itself, over a partition of the
 /// work that is decided from the shapes alone, never from the thread count;
@@ -13,19 +14,19 @@
 /// depend on nothing but the input and the seed.
 ///
 /// A context is cheap to create (its threads start on first use) and may be
-/// moved; concurrent calls on one context are serialised. For repeated small
+/// moved. One thread at a time uses a context (its scratch memory is the
+/// context's): give each thread of a program its own. For repeated small
 /// problems, create one context and pass it, rather than using the Eigen
 /// convenience overloads, which create a context per call.
 
-#include <cstddef>
 #include <memory>
-#include <new>
-#include <string>
 #include <thread>
 
 #include "lowrank/backend/cpu/thread_pool.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/error.hpp"
+#include "lowrank/core/resources.hpp"
+#include "lowrank/core/workspace.hpp"
 
 namespace lowrank {
 
@@ -56,27 +57,27 @@ class context<cpu> {
   /// The pool the backend's operations run on (internal).
   [[nodiscard]] detail::thread_pool& pool() noexcept { return *pool_; }
 
-  /// Scratch memory for one operation at a time (internal): at least `count`
-  /// elements of T, 64-byte aligned, kept across calls so that repeated
-  /// operations neither allocate nor fault in fresh pages. Invalidated by the
-  /// next call.
-  template <class T>
-  [[nodiscard]] T* scratch(std::size_t count) {
-    const std::size_t bytes = count * sizeof(T);
-    if (bytes > scratch_bytes_) {
-      scratch_.reset(static_cast<std::byte*>(::operator new (bytes, std::align_val_t{64})));
-      scratch_bytes_ = bytes;
-    }
-    return reinterpret_cast<T*>(scratch_.get());
+  /// A frame of the context's scratch memory (internal; core/workspace.hpp):
+  /// `auto ws = ctx.workspace(); T* p = ws.take<T>(n);`, valid while `ws`
+  /// lives. Kept across calls, so repeated operations neither allocate nor
+  /// fault in fresh pages.
+  [[nodiscard]] detail::workspace_arena<detail::host_allocator>::frame workspace() {
+    return detail::workspace_arena<detail::host_allocator>::frame(*arena_);
+  }
+
+  /// The context's resource of type R (a family's plan cache, say; see
+  /// core/resources.hpp), made as R(*this) on first use.
+  template <class R>
+  [[nodiscard]] R& resource() {
+    return resources_->get<R>([&] { return R(*this); });
   }
 
  private:
-  struct aligned_delete {
-    void operator()(std::byte* p) const noexcept { ::operator delete (p, std::align_val_t{64}); }
-  };
   std::unique_ptr<detail::thread_pool> pool_;
-  std::unique_ptr<std::byte, aligned_delete> scratch_;
-  std::size_t scratch_bytes_ = 0;
+  std::unique_ptr<detail::workspace_arena<detail::host_allocator>> arena_ =
+      std::make_unique<detail::workspace_arena<detail::host_allocator>>();
+  std::unique_ptr<detail::resource_registry> resources_ =
+      std::make_unique<detail::resource_registry>();
 };
 
 }  // namespace lowrank

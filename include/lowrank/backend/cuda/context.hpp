@@ -1,7 +1,11 @@
 #pragma once
 /// @file
 /// The CUDA execution context: one device, one non-blocking stream, a cuBLAS
-/// and a cuSOLVER handle bound to it, and reusable device workspace.
+/// and a cuSOLVER handle bound to it, reusable device workspace
+/// (core/workspace.hpp: frames of stream-ordered memory whose pieces never
+/// alias a live request), and the resources families create on first use
+/// (core/resources.hpp: a cuSPARSE or cuFFT handle bound to the stream, a
+/// persistent buffer).
 ///
 /// RAII, non-copyable, movable; no global state. Every operation of
 /// `ops<cuda>` is ordered on the context's stream; the ones that return host
@@ -14,12 +18,31 @@
 #include <cusolverDn.h>
 
 #include <cstddef>
+#include <memory>
 #include <utility>
 
 #include "lowrank/backend/cuda/error.hpp"
 #include "lowrank/core/backend.hpp"
+#include "lowrank/core/resources.hpp"
+#include "lowrank/core/workspace.hpp"
 
 namespace lowrank {
+
+namespace detail {
+
+/// Stream-ordered device memory for a workspace arena (cudaMallocAsync /
+/// cudaFreeAsync on one stream).
+struct stream_allocator {
+  cudaStream_t stream = nullptr;
+  [[nodiscard]] void* allocate(std::size_t bytes) {
+    void* p = nullptr;
+    check(cudaMallocAsync(&p, bytes, stream), "lowrank::context<cuda>::workspace: cudaMallocAsync");
+    return p;
+  }
+  void deallocate(void* p, std::size_t /*bytes*/) noexcept { cudaFreeAsync(p, stream); }
+};
+
+}  // namespace detail
 
 /// The method the last `ops<cuda>::svd` on a context used.
 enum class cuda_svd_method {
@@ -77,6 +100,9 @@ class context<cuda> {
       detail::check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                     "lowrank::context<cuda>: cudaDeviceGetAttribute");
       shared_memory_per_block_ = std::size_t(optin);
+      arena_ = std::make_unique<detail::workspace_arena<detail::stream_allocator>>(
+          detail::stream_allocator{stream_});
+      resources_ = std::make_unique<detail::resource_registry>();
     } catch (...) {
       release();
       throw;
@@ -128,19 +154,19 @@ class context<cuda> {
     detail::check(cudaStreamSynchronize(stream_), "lowrank::context<cuda>::synchronize");
   }
 
-  /// Device workspace of at least `bytes` bytes, stream-ordered, kept across
-  /// calls (grown when too small). One user at a time: the next call may
-  /// invalidate it.
-  [[nodiscard]] void* workspace(std::size_t bytes) {
-    if (bytes > workspace_bytes_) {
-      if (workspace_ != nullptr) cudaFreeAsync(workspace_, stream_);
-      workspace_ = nullptr;
-      workspace_bytes_ = 0;
-      detail::check(cudaMallocAsync(&workspace_, bytes, stream_),
-                    "lowrank::context<cuda>::workspace: cudaMallocAsync");
-      workspace_bytes_ = bytes;
-    }
-    return workspace_;
+  /// A frame of the context's device workspace (core/workspace.hpp):
+  /// `auto ws = ctx.workspace(); T* p = ws.take<T>(n);`, valid (in stream
+  /// order) while `ws` lives; pieces never alias another live request.
+  [[nodiscard]] detail::workspace_arena<detail::stream_allocator>::frame workspace() {
+    return detail::workspace_arena<detail::stream_allocator>::frame(*arena_);
+  }
+
+  /// The context's resource of type R (a family's library handle bound to
+  /// the stream, a plan cache, ...; core/resources.hpp), made as R(*this) on
+  /// first use and destroyed before the stream.
+  template <class R>
+  [[nodiscard]] R& resource() {
+    return resources_->get<R>([&] { return R(*this); });
   }
 
  private:
@@ -150,15 +176,16 @@ class context<cuda> {
     blas_ = std::exchange(other.blas_, nullptr);
     solver_ = std::exchange(other.solver_, nullptr);
     info_ = std::exchange(other.info_, nullptr);
-    workspace_ = std::exchange(other.workspace_, nullptr);
-    workspace_bytes_ = std::exchange(other.workspace_bytes_, 0);
+    arena_ = std::move(other.arena_);
+    resources_ = std::move(other.resources_);
     shared_memory_per_block_ = other.shared_memory_per_block_;
     svd_report_ = other.svd_report_;
   }
 
   void release() noexcept {
+    resources_.reset();
+    arena_.reset();
     if (stream_ != nullptr) {
-      if (workspace_ != nullptr) cudaFreeAsync(workspace_, stream_);
       if (info_ != nullptr) cudaFreeAsync(info_, stream_);
       cudaStreamSynchronize(stream_);
     }
@@ -169,8 +196,6 @@ class context<cuda> {
     solver_ = nullptr;
     blas_ = nullptr;
     info_ = nullptr;
-    workspace_ = nullptr;
-    workspace_bytes_ = 0;
   }
 
   int device_ = 0;
@@ -178,8 +203,8 @@ class context<cuda> {
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
   int* info_ = nullptr;
-  void* workspace_ = nullptr;
-  std::size_t workspace_bytes_ = 0;
+  std::unique_ptr<detail::workspace_arena<detail::stream_allocator>> arena_;
+  std::unique_ptr<detail::resource_registry> resources_;
   std::size_t shared_memory_per_block_ = 0;
   cuda_svd_report svd_report_;
 };

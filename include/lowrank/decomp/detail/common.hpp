@@ -1,7 +1,7 @@
 #pragma once
 /// @file
-/// Pieces shared by the decompositions (internal): the tall orientation of a
-/// matrix, input validation, and the sign convention.
+/// Pieces shared by the decompositions (internal): the tall orientation of an
+/// operator, input validation, and the sign convention.
 
 #include <algorithm>
 #include <string>
@@ -10,8 +10,10 @@
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/eigen.hpp"
 #include "lowrank/core/error.hpp"
+#include "lowrank/core/linear_operator.hpp"
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
+#include "lowrank/core/validate.hpp"
 
 namespace lowrank::detail {
 
@@ -22,82 +24,83 @@ namespace lowrank::detail {
 template <class Dependent>
 using host_context = context<std::conditional_t<sizeof(Dependent) != 0, cpu, void>>;
 
-/// M = op(A) as a linear operator.
-template <class T, class Backend>
-struct oriented_operator {
-  matrix_view<const T, Backend> a;
+/// M = op(A) for an operator A (that outlives it).
+template <linear_operator Op>
+struct oriented {
+  using value_type = operator_value_t<Op>;
+  using backend = operator_backend_t<Op>;
+  const Op& a;
   transpose op = transpose::no;
 
   /// M oriented so that it is tall (rows() >= cols()): A itself when m >= n,
   /// A^T otherwise. The randomized SVDs work on this M, so their sketch has
   /// min(m, n) rows and every temporary is at most max(m, n) x l.
-  [[nodiscard]] static oriented_operator tall(matrix_view<const T, Backend> a) {
+  [[nodiscard]] static oriented tall(const Op& a) {
     return {a, a.rows() >= a.cols() ? transpose::no : transpose::yes};
   }
 
-  [[nodiscard]] index_t rows() const noexcept { return op == transpose::no ? a.rows() : a.cols(); }
-  [[nodiscard]] index_t cols() const noexcept { return op == transpose::no ? a.cols() : a.rows(); }
+  [[nodiscard]] index_t rows() const { return op == transpose::no ? a.rows() : a.cols(); }
+  [[nodiscard]] index_t cols() const { return op == transpose::no ? a.cols() : a.rows(); }
 
   /// Y = alpha M X + beta Y.
-  void apply(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y,
-             T alpha = T(1), T beta = T(0)) const {
-    ops<Backend>::gemm(ctx, op, transpose::no, alpha, a, x, beta, y);
+  void apply(context<backend>& ctx, matrix_view<const value_type, backend> x,
+             matrix_view<value_type, backend> y, value_type alpha = value_type(1),
+             value_type beta = value_type(0)) const {
+    if (op == transpose::no) {
+      a.apply(ctx, x, y, alpha, beta);
+    } else {
+      a.apply_transposed(ctx, x, y, alpha, beta);
+    }
   }
   /// Y = alpha M^T X + beta Y.
-  void apply_transposed(context<Backend>& ctx, matrix_view<const T, Backend> x,
-                        matrix_view<T, Backend> y, T alpha = T(1), T beta = T(0)) const {
-    const transpose flipped = op == transpose::no ? transpose::yes : transpose::no;
-    ops<Backend>::gemm(ctx, flipped, transpose::no, alpha, a, x, beta, y);
+  void apply_transposed(context<backend>& ctx, matrix_view<const value_type, backend> x,
+                        matrix_view<value_type, backend> y, value_type alpha = value_type(1),
+                        value_type beta = value_type(0)) const {
+    if (op == transpose::no) {
+      a.apply_transposed(ctx, x, y, alpha, beta);
+    } else {
+      a.apply(ctx, x, y, alpha, beta);
+    }
   }
 };
 
-/// Throws lowrank::invalid_argument unless A is non-empty.
-template <class T, class Backend>
-void require_non_empty(const char* function, matrix_view<const T, Backend> a) {
-  if (a.empty()) {
-    throw_invalid_argument(function, "a",
-                           std::to_string(a.rows()) + " x " + std::to_string(a.cols()),
-                           "a non-empty matrix");
-  }
+/// Throws invalid_argument unless the operator A is non-empty.
+template <linear_operator Op>
+void require_non_empty(const char* function, const Op& a) {
+  require_non_empty(function, "a", a);
 }
 
-/// Throws lowrank::invalid_argument unless 1 <= k <= min(m, n).
-template <class T, class Backend>
-void require_rank(const char* function, matrix_view<const T, Backend> a, index_t k) {
-  const index_t limit = std::min(a.rows(), a.cols());
-  if (k < 1 || k > limit) {
-    throw_invalid_argument(function, "k", k, "1 <= k <= min(m, n) = " + std::to_string(limit));
-  }
+/// Throws invalid_argument unless 1 <= k <= min(m, n) for the operator A.
+template <linear_operator Op>
+void require_rank(const char* function, const Op& a, index_t k) {
+  require_in_range(function, "k", k, 1, std::min<index_t>(a.rows(), a.cols()), "min(m, n)");
 }
 
-/// Throws lowrank::numerical_error naming the first non-finite entry of A.
-/// Called when a product with A came out non-finite: if A is finite after all,
-/// the product overflowed, and the message says so.
-template <class T, class Backend>
-[[noreturn]] void throw_non_finite(context<Backend>& ctx, const char* function,
-                                   matrix_view<const T, Backend> a) {
-  const index_t at = ops<Backend>::find_non_finite(ctx, a);
-  if (at < 0) {
+/// Throws lowrank::numerical_error for an operator A whose product came out
+/// non-finite. A dense A is searched for its first non-finite entry, which
+/// the message names; if A is finite after all, or is an operator whose
+/// entries cannot be read, the product overflowed or A holds a non-finite
+/// value, and the message says so.
+template <linear_operator Op>
+[[noreturn]] void throw_non_finite(context<operator_backend_t<Op>>& ctx, const char* function,
+                                   const Op& a) {
+  using T = operator_value_t<Op>;
+  using Backend = operator_backend_t<Op>;
+  if constexpr (is_matrix_view_v<Op>) {
+    const matrix_view<const T, Backend> dense = a;
+    const index_t at = ops<Backend>::find_non_finite(ctx, dense);
+    if (at >= 0) throw_non_finite_entry(ctx, function, "a", dense, at);
     throw_numerical_error(function, "a", "finite, but a product with it overflowed",
                           "entries small enough for the products to stay finite (scale A)");
+  } else {
+    throw_numerical_error(function, "a", "an operator whose product is not finite",
+                          "finite products (a finite operator, scaled so they do not overflow)");
   }
-  const index_t i = at % a.rows();
-  const index_t j = at / a.rows();
-  Eigen::Matrix<T, 1, 1> value;
-  ops<Backend>::download(ctx, a.block(i, j, 1, 1), view(value));
-  throw_numerical_error(function, "a(" + std::to_string(i) + ", " + std::to_string(j) + ")",
-                        value(0), "finite entries");
 }
 
-/// Throws lowrank::numerical_error if A has a non-finite entry.
-template <class T, class Backend>
-void require_finite(context<Backend>& ctx, const char* function, matrix_view<const T, Backend> a) {
-  if (ops<Backend>::find_non_finite(ctx, a) >= 0) throw_non_finite(ctx, function, a);
-}
-
-/// The sign convention of ALGORITHMS.md (scikit-learn's svd_flip): flip the
-/// sign of column pairs (u_j, v_j) so that the largest-magnitude entry of u_j
-/// is positive.
+/// The sign convention of docs/algorithms.md (scikit-learn's svd_flip): flip
+/// the sign of column pairs (u_j, v_j) so that the largest-magnitude entry of
+/// u_j is positive.
 template <class T, class Backend>
 void flip_signs(context<Backend>& ctx, matrix_view<T, Backend> u, matrix_view<T, Backend> v) {
   vector<T, Backend> signs(ctx, u.cols());

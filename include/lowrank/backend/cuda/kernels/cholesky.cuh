@@ -4,11 +4,9 @@
 /// factor never crosses to the host:
 /// - `cholesky_fused`: the whole factor (symmetrise, shift, Cholesky, R^{-1},
 ///   checks) in one block, the matrix in shared memory, for l up to
-///   `fused_cholesky_max`: one launch instead of five. On an H200 the whole
-///   factor, status download included, takes 0.13 ms at l = 74; the cuSOLVER
-///   route below takes 0.29 ms at l = 138 and 0.68 ms at l = 266
-///   (bench small_steps_cuda). The kernel is latency-bound: 2 l steps, each a
-///   barrier and a chain of dependent double operations.
+///   `fused_cholesky_max`: one launch instead of five (bench/README.md has
+///   the timings of both routes). The kernel is latency-bound: 2 l steps,
+///   each a barrier and a chain of dependent double operations.
 /// - `cholesky_prepare`, `cholesky_split`, `cholesky_check_inverse`: the small
 ///   steps around cuSOLVER's potrf and trtri for larger l.
 /// Each runs as one block: a fixed assignment of elements to threads and a

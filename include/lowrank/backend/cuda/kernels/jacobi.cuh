@@ -2,15 +2,10 @@
 /// @file
 /// One-sided Jacobi SVD of a small matrix in one block (internal): the l x l
 /// SVD at the end of the randomized SVDs, where cuSOLVER's routines are
-/// latency-bound (on an H200, syevd alone takes 1.0 ms at l = 74 and gesvd in
-/// double 7 ms). This kernel took 1.5 ms at 74 x 74 on an H200 (bench
-/// small_steps_cuda, float data, commit 0428e30: by columns, at the double
-/// threshold; ops<cuda>::svd now needs fewer sweeps), about what the float
-/// route through syevd + QR took; it computes in double either way, so for
-/// double data it should take a fifth of gesvd's time (not timed
-/// separately). It is latency-bound as well: a sweep is n - 1 rounds, each a
-/// barrier after a chain of dependent double operations (three reductions,
-/// two square roots, two divisions).
+/// latency-bound (bench/README.md has the timings). It computes in double for
+/// float and double data alike. It is latency-bound as well: a sweep is
+/// n - 1 rounds, each a barrier after a chain of dependent double operations
+/// (three reductions, two square roots, two divisions).
 ///
 /// Hestenes' method: X (m x n, m >= n, in double in shared memory) is
 /// multiplied on the right by plane rotations until its columns are

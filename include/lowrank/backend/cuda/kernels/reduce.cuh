@@ -3,10 +3,16 @@
 /// Reductions of the CUDA backend (internal). Each is deterministic: a fixed
 /// grid, a fixed assignment of elements to threads and a fixed tree, so the
 /// same input gives the same bits on every run and every GPU. Sums are
-/// accumulated in double.
+/// accumulated in double. row_dots adds each row's columns in order, one
+/// thread per row, as the CPU backend does, and gives its bits (products and
+/// sums rounded to nearest, never contracted); the column reductions
+/// (add_column_sums, column_dots) tree-sum over a fixed block shape, one
+/// block per column: the same bits on every run and every GPU (not the CPU's
+/// summation order).
 
 #include <cmath>
 
+#include "lowrank/backend/cuda/kernels/elementwise.cuh"
 #include "lowrank/backend/cuda/kernels/launch.cuh"
 
 namespace lowrank::detail::kernels {
@@ -111,6 +117,51 @@ __global__ void signs_of_largest(const T* x, index_t rows, index_t cols, index_t
       __syncthreads();
     }
     if (threadIdx.x == 0) out[j] = (where[0] < rows && x[where[0] + j * ld] < T(0)) ? T(-1) : T(1);
+    __syncthreads();
+  }
+}
+
+/// y_j = T(y_j + alpha sum_i X(i, j)), the sum tree-accumulated in double,
+/// one block per column.
+template <class T>
+__global__ void add_column_sums(T alpha, const T* x, index_t rows, index_t cols, index_t ld, T* y) {
+  for (index_t j = blockIdx.x; j < cols; j += gridDim.x) {
+    double sum = 0;
+    for (index_t i = threadIdx.x; i < rows; i += blockDim.x)
+      sum = __dadd_rn(sum, double(x[i + j * ld]));
+    const double total = block_sum(sum);
+    if (threadIdx.x == 0)
+      y[j] = static_cast<T>(__dadd_rn(double(y[j]), __dmul_rn(double(alpha), total)));
+    __syncthreads();
+  }
+}
+
+/// out_i = sum_j X(i, j) Y(i, j) in double, one thread per row adding the
+/// columns in order (the CPU's order).
+template <class T>
+__global__ void row_dots(const T* x, index_t ldx, const T* y, index_t ldy, index_t rows,
+                         index_t cols, double* out) {
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows;
+       i += index_t(gridDim.x) * blockDim.x) {
+    double sum = 0;
+    for (index_t j = 0; j < cols; ++j) {
+      sum = __dadd_rn(sum, __dmul_rn(double(x[i + j * ldx]), double(y[i + j * ldy])));
+    }
+    out[i] = sum;
+  }
+}
+
+/// out_j = sum_i X(i, j) Y(i, j), tree-accumulated in double, one block per column.
+template <class T>
+__global__ void column_dots(const T* x, index_t ldx, const T* y, index_t ldy, index_t rows,
+                            index_t cols, double* out) {
+  for (index_t j = blockIdx.x; j < cols; j += gridDim.x) {
+    double sum = 0;
+    for (index_t i = threadIdx.x; i < rows; i += blockDim.x) {
+      sum = __dadd_rn(sum, __dmul_rn(double(x[i + j * ldx]), double(y[i + j * ldy])));
+    }
+    const double total = block_sum(sum);
+    if (threadIdx.x == 0) out[j] = total;
     __syncthreads();
   }
 }
