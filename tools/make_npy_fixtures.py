@@ -51,6 +51,14 @@ def main():
     save(directory, "f32_v2_3x4.npy", grid(3, 4, "<f4"), version=(2, 0))
     save(directory, "f32_v3_3x4.npy", grid(3, 4, "<f4"), version=(3, 0))
 
+    # Inputs for lowrank-compare's hostile cases (bench/compare/CMakeLists.txt):
+    # a NaN, a zero matrix, a single row.
+    with_nan = grid(3, 4, "<f4")
+    with_nan[1, 2] = np.nan
+    save(directory, "nan_f32_c_3x4.npy", with_nan)
+    save(directory, "zeros_f32_c_4x6.npy", np.zeros((4, 6), dtype="<f4"))
+    save(directory, "f32_c_1x8.npy", grid(1, 8, "<f4"))
+
     # Well-formed .npy files that lowrank must reject.
     save(directory, "bad_i4_c_3x4.npy", grid(3, 4, "<i4"))
     save(directory, "bad_f16_c_3x4.npy", grid(3, 4, "<f2"))

@@ -10,6 +10,7 @@
 //   lowrank-compare --npy W.npy --rank 128 --json result.json
 
 #include <Eigen/SVD>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -19,6 +20,8 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
+#include <lowrank/io/detail/files.hpp>
 #include <lowrank/io/npy.hpp>
 #if LOWRANK_COMPARE_CUDA
 #include <lowrank/cuda.hpp>
@@ -27,7 +30,9 @@
 #endif
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -52,7 +57,7 @@ exact SVD.
 input (default: a generated N x N float32 matrix, U diag(s) V^T with Haar
 random U, V and the power law s_i = i^(-1/2) of a trained weight's spectrum):
   --npy FILE        a 2-D float32 or float64 .npy file (C or Fortran order)
-  --size N          size of the generated matrix (default 2048)
+  --size N          size of the generated matrix, 2 to 32768 (default 2048)
 options:
   --backend B       cpu (default) or cuda: where the methods run (cuda, when
                     built with the CUDA backend, compares against cuSOLVER's
@@ -65,7 +70,8 @@ options:
                     slower than 1 s run once (default 3)
   --skip-exact      skip Eigen's BDCSVD (slow on large inputs); the optimum
                     then comes from LAPACK's gesdd when linked
-  --json FILE       also write the results as JSON
+  --json FILE       also write the results as JSON (checked before the run;
+                    written to a temporary and renamed over FILE at the end)
   --help            this text
 )";
 
@@ -81,16 +87,23 @@ struct options {
   std::optional<fs::path> json;
 };
 
-[[noreturn]] void fail_usage(const std::string& message) {
-  std::fprintf(stderr, "lowrank-compare: %s\n\n%s", message.c_str(), usage);
-  std::exit(2);
-}
+/// A mistake in the command line: main prints it with the usage and exits
+/// with status 2 (after the stack unwound, so no temporary file stays).
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
-long parse_integer(const std::string& flag, const char* text, long low) {
+[[noreturn]] void fail_usage(const std::string& message) { throw usage_error(message); }
+
+/// An integer option in [low, high]; out-of-range text (which strtoll clamps)
+/// is refused like any other value outside the interval.
+long long parse_integer(const std::string& flag, const char* text, long long low, long long high) {
+  errno = 0;
   char* end = nullptr;
-  const long value = std::strtol(text, &end, 10);
-  if (end == text || *end != '\0' || value < low) {
-    fail_usage(flag + " expects an integer >= " + std::to_string(low) + ", not '" + text + "'");
+  const long long value = std::strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || errno == ERANGE || value < low || value > high) {
+    fail_usage(flag + " expects an integer in [" + std::to_string(low) + ", " +
+               std::to_string(high) + "], not '" + text + "'");
   }
   return value;
 }
@@ -109,9 +122,10 @@ options parse(int argc, char** argv) {
     } else if (flag == "--npy") {
       o.npy = value();
     } else if (flag == "--size") {
-      o.size = parse_integer(flag, value(), 2);
+      // The generated input holds four n x n matrices: 32768 takes 16 GiB.
+      o.size = parse_integer(flag, value(), 2, 32768);
     } else if (flag == "--rank") {
-      o.rank = parse_integer(flag, value(), 1);
+      o.rank = parse_integer(flag, value(), 1, index_t{1} << 31);
     } else if (flag == "--tolerance") {
       const char* text = value();
       char* end = nullptr;
@@ -120,9 +134,9 @@ options parse(int argc, char** argv) {
         fail_usage("--tolerance expects a number in (0, 1), not '" + std::string(text) + "'");
       }
     } else if (flag == "--threads") {
-      o.threads = static_cast<int>(parse_integer(flag, value(), 1));
+      o.threads = static_cast<int>(parse_integer(flag, value(), 1, 4096));
     } else if (flag == "--repeat") {
-      o.repeat = static_cast<int>(parse_integer(flag, value(), 1));
+      o.repeat = static_cast<int>(parse_integer(flag, value(), 1, 1000000));
     } else if (flag == "--backend") {
       const std::string backend = value();
       if (backend == "cuda") {
@@ -171,6 +185,7 @@ class blas_threads {
 
 struct result_row {
   std::string method;
+  std::optional<std::string> error;  ///< why the method failed (its other fields are unset)
   index_t rank = 0;
   double seconds = 0;
   double relative_error = 0;
@@ -248,21 +263,23 @@ class comparison {
     if (!o_.skip_exact) {
       progress("exact SVD (Eigen BDCSVD)");
       peers();
-      double seconds = 0;
-      const auto svd = timed(o_.repeat, seconds, [&] {
-        return Eigen::BDCSVD<dense<T>>(a_, Eigen::ComputeThinU | Eigen::ComputeThinV);
+      attempt("exact: Eigen BDCSVD", [&] {
+        double seconds = 0;
+        const auto svd = timed(o_.repeat, seconds, [&] {
+          return Eigen::BDCSVD<dense<T>>(a_, Eigen::ComputeThinU | Eigen::ComputeThinV);
+        });
+        if (!reference_) reference_ = svd.singularValues().template cast<double>();
+        exact_seconds_ = seconds;
+        add("exact: Eigen BDCSVD", seconds, svd.matrixU().leftCols(k), svd.singularValues().head(k),
+            svd.matrixV().leftCols(k));
       });
-      if (!reference_) reference_ = svd.singularValues().template cast<double>();
-      exact_seconds_ = seconds;
-      add("exact: Eigen BDCSVD", seconds, svd.matrixU().leftCols(k), svd.singularValues().head(k),
-          svd.matrixV().leftCols(k));
     } else {
       ++step;
     }
 #if LOWRANK_HAS_LAPACK
     progress("exact SVD (LAPACK gesdd, lowrank::truncated_svd)");
     peers();
-    {
+    attempt("exact: LAPACK gesdd", [&] {
       // The whole thin SVD, as lowrank::truncated_svd computes it; its values
       // are the reference when BDCSVD was skipped.
       const index_t r = std::min(a_.rows(), a_.cols());
@@ -278,14 +295,14 @@ class comparison {
       });
       if (!reference_) reference_ = s.template cast<double>();
       add("exact: LAPACK gesdd", seconds, u.leftCols(k), s.head(k), v.leftCols(k));
-    }
+    });
 #else
     ++step;
 #endif
 #if LOWRANK_COMPARE_HAVE_SPECTRA
     progress("Spectra PartialSVDSolver (Lanczos)");
     peers();
-    {
+    attempt("Spectra PartialSVDSolver", [&] {
       const index_t ncv =
           std::min(std::max<index_t>(2 * k + 1, 20), std::min(a_.rows(), a_.cols()));
       double seconds = 0;
@@ -299,35 +316,35 @@ class comparison {
         return factors{solver.matrix_U(k), solver.matrix_V(k), solver.singular_values()};
       });
       add("Spectra PartialSVDSolver", seconds, f.u, f.s, f.v);
-    }
+    });
 #else
     ++step;
 #endif
     progress("lowrank::randomized_svd, q = 0, 1, 2");
     ours();
     for (const index_t q : {0, 1, 2}) {
-      double seconds = 0;
-      const auto r = timed(o_.repeat, seconds, [&] {
-        return lowrank::randomized_svd(ctx_, lowrank::view(a_), k,
-                                       {.oversampling = 10, .power_iterations = q});
+      const std::string name = "lowrank randomized q=" + std::to_string(q);
+      attempt(name, [&] {
+        double seconds = 0;
+        const auto r = timed(o_.repeat, seconds, [&] {
+          return lowrank::randomized_svd(ctx_, lowrank::view(a_), k,
+                                         {.oversampling = 10, .power_iterations = q});
+        });
+        add(name, seconds, r.u, r.s, r.v);
       });
-      add("lowrank randomized q=" + std::to_string(q), seconds, r.u, r.s, r.v);
     }
     progress("lowrank::randomized_svd, fixed accuracy");
-    {
-      double tolerance = o_.tolerance;
-      if (tolerance == 0 && reference_) tolerance = 1.02 * optimal_error(k) / norm_;
-      if (tolerance == 0) tolerance = 0.1;
-      tolerance = std::clamp(tolerance, 1e-6, 0.99);
+    const double tolerance = fixed_accuracy_tolerance(k);
+    char name[64];
+    std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
+    attempt(name, [&] {
       double seconds = 0;
       const auto r = timed(o_.repeat, seconds, [&] {
         return lowrank::randomized_svd(ctx_, lowrank::view(a_),
                                        lowrank::fixed_accuracy{.relative_error = tolerance});
       });
-      char name[64];
-      std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
       add(name, seconds, r.u, r.s, r.v);
-    }
+    });
     blas_.set(blas_.initial());
     return rows_;
   }
@@ -355,27 +372,29 @@ class comparison {
 
     if (!o_.skip_exact) {
       progress("exact SVD (lowrank ops<cuda>::svd)");
-      const index_t r = std::min(m, n);
-      device_matrix u(gpu, m, r);
-      device_matrix v(gpu, n, r);
-      device_vector s(gpu, r);
-      double seconds = 0;
-      timed(o_.repeat, seconds, [&] {
-        lowrank::ops<lowrank::cuda>::svd(gpu, a.view(), u.view(), s.view(), v.view());
-        gpu.synchronize();
-        return 0;
+      attempt("exact: lowrank ops<cuda>::svd", [&] {
+        const index_t r = std::min(m, n);
+        device_matrix u(gpu, m, r);
+        device_matrix v(gpu, n, r);
+        device_vector s(gpu, r);
+        double seconds = 0;
+        timed(o_.repeat, seconds, [&] {
+          lowrank::ops<lowrank::cuda>::svd(gpu, a.view(), u.view(), s.view(), v.view());
+          gpu.synchronize();
+          return 0;
+        });
+        const column<T> hs = s.to_eigen();
+        if (!reference_) reference_ = hs.template cast<double>();
+        exact_seconds_ = seconds;
+        add(std::string("exact: ") + gpu.svd_report().method_name(), seconds,
+            u.to_eigen().leftCols(k), hs.head(k), v.to_eigen().leftCols(k));
       });
-      const column<T> hs = s.to_eigen();
-      if (!reference_) reference_ = hs.template cast<double>();
-      exact_seconds_ = seconds;
-      add(std::string("exact: ") + gpu.svd_report().method_name(), seconds,
-          u.to_eigen().leftCols(k), hs.head(k), v.to_eigen().leftCols(k));
     } else {
       ++step;
     }
 
     progress("cuSOLVER randomized gesvdr, p = 10, q = 2");
-    {
+    attempt("cuSOLVER gesvdr q=2", [&] {
       const index_t p = std::min<index_t>(10, std::min(m, n) - k);
       const index_t l = k + p;
       constexpr cudaDataType type = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
@@ -409,27 +428,28 @@ class comparison {
       cusolverDnDestroyParams(params);
       add("cuSOLVER gesvdr q=2", seconds, u.to_eigen().leftCols(k), s.to_eigen().head(k),
           v.to_eigen().leftCols(k));
-    }
+    });
 
     progress("lowrank::randomized_svd on the GPU, q = 0, 1, 2");
     for (const index_t q : {0, 1, 2}) {
-      double seconds = 0;
-      const auto r = timed(o_.repeat, seconds, [&] {
-        auto f =
-            lowrank::randomized_svd(gpu, a.view(), k, {.oversampling = 10, .power_iterations = q});
-        gpu.synchronize();
-        return f;
+      const std::string name = "lowrank randomized q=" + std::to_string(q);
+      attempt(name, [&] {
+        double seconds = 0;
+        const auto r = timed(o_.repeat, seconds, [&] {
+          auto f = lowrank::randomized_svd(gpu, a.view(), k,
+                                           {.oversampling = 10, .power_iterations = q});
+          gpu.synchronize();
+          return f;
+        });
+        add(name, seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
       });
-      add("lowrank randomized q=" + std::to_string(q), seconds, r.u.to_eigen(), r.s.to_eigen(),
-          r.v.to_eigen());
     }
 
     progress("lowrank::randomized_svd on the GPU, fixed accuracy");
-    {
-      double tolerance = o_.tolerance;
-      if (tolerance == 0 && reference_) tolerance = 1.02 * optimal_error(k) / norm_;
-      if (tolerance == 0) tolerance = 0.1;
-      tolerance = std::clamp(tolerance, 1e-6, 0.99);
+    const double tolerance = fixed_accuracy_tolerance(k);
+    char name[64];
+    std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
+    attempt(name, [&] {
       double seconds = 0;
       const auto r = timed(o_.repeat, seconds, [&] {
         auto f = lowrank::randomized_svd(gpu, a.view(),
@@ -437,10 +457,8 @@ class comparison {
         gpu.synchronize();
         return f;
       });
-      char name[64];
-      std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
       add(name, seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
-    }
+    });
     return rows_;
   }
 #endif
@@ -448,6 +466,30 @@ class comparison {
   [[nodiscard]] double norm() const { return norm_; }
 
  private:
+  /// Runs one method; one that throws gets a failed row with the reason, and
+  /// the comparison goes on.
+  template <class F>
+  void attempt(const std::string& method, F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      result_row row;
+      row.method = method;
+      row.error = e.what();
+      rows_.push_back(std::move(row));
+      std::fprintf(stderr, "  %s failed: %s\n", method.c_str(), e.what());
+    }
+  }
+
+  /// The fixed-accuracy row's tolerance: --tolerance, or 1.02 times the
+  /// optimal rank-k error when the spectrum is known, else 0.1.
+  [[nodiscard]] double fixed_accuracy_tolerance(index_t k) const {
+    double tolerance = o_.tolerance;
+    if (tolerance == 0 && reference_ && norm_ > 0) tolerance = 1.02 * optimal_error(k) / norm_;
+    if (tolerance == 0) tolerance = 0.1;
+    return std::clamp(tolerance, 1e-6, 0.99);
+  }
+
   /// sqrt(sum_{i > k} s_i^2) from the reference spectrum (whose tail beyond
   /// its length, if any, is read from ||A||_F).
   [[nodiscard]] double optimal_error(index_t k) const {
@@ -470,13 +512,15 @@ class comparison {
     row.seconds = seconds;
     const double error =
         std::sqrt(lowrank::ops<lowrank::cpu>::squared_norm(ctx_, lowrank::view(residual)));
-    row.relative_error = error / norm_;
+    // A zero A: error 0 is exact, any other error infinitely wrong.
+    row.relative_error =
+        norm_ > 0 ? error / norm_ : (error > 0 ? std::numeric_limits<double>::infinity() : 0.0);
     if (reference_ && k > 0) {
       const double optimum = optimal_error(k);
       if (optimum > 0) row.over_optimum = error / optimum;
       const double s1 = (*reference_)(0);
       const double sk = (*reference_)(std::min<index_t>(k, reference_->size()) - 1);
-      row.s1_error = std::abs(double(s(0)) - s1) / s1;
+      if (s1 > 0) row.s1_error = std::abs(double(s(0)) - s1) / s1;
       if (k <= reference_->size() && sk > 0) row.sk_error = std::abs(double(s(k - 1)) - sk) / sk;
     }
     if (exact_seconds_ > 0) row.speedup = exact_seconds_ / seconds;
@@ -504,6 +548,10 @@ void print_table(const std::vector<result_row>& rows) {
   std::printf("%-28s %6s %10s %10s %10s %10s %10s %9s\n", "method", "rank", "time [s]",
               "rel. error", "err / opt", "s_1 error", "s_k error", "speed-up");
   for (const auto& r : rows) {
+    if (r.error) {
+      std::printf("%-28s failed: %s\n", r.method.c_str(), r.error->c_str());
+      continue;
+    }
     std::printf("%-28s %6ld %10.4f %10.6f %10s %10s %10s %9s\n", r.method.c_str(), long(r.rank),
                 r.seconds, r.relative_error, cell(r.over_optimum, "%.4f").c_str(),
                 cell(r.s1_error, "%.2e").c_str(), cell(r.sk_error, "%.2e").c_str(),
@@ -511,24 +559,14 @@ void print_table(const std::vector<result_row>& rows) {
   }
 }
 
-void write_json(const fs::path& file, const nlohmann::json& document) {
-  // Write a temporary next to the target, then rename it over the target.
-  const fs::path temporary = file.string() + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << document.dump(2) << '\n';
-    if (!out) {
-      std::error_code ignored;
-      fs::remove(temporary, ignored);
-      throw std::runtime_error("cannot write '" + file.string() + "'");
-    }
-  }
-  fs::rename(temporary, file);
-}
+/// The --json output: a temporary file next to the target, made (and so
+/// checked) before the run, written and renamed over the target at the end,
+/// removed if the run fails.
+using json_output = lowrank::io::detail::temporary_file;
 
 template <class T>
-void write_results(const fs::path& file, const options& o, const std::string& input,
-                   const dense<T>& a, double norm, const std::vector<result_row>& rows) {
+void write_results(json_output& out, const options& o, const std::string& input, const dense<T>& a,
+                   double norm, const std::vector<result_row>& rows) {
   nlohmann::json document;
   document["input"] = {{"description", input},
                        {"rows", a.rows()},
@@ -546,6 +584,10 @@ void write_results(const fs::path& file, const options& o, const std::string& in
     auto optional = [](const std::optional<double>& v) -> nlohmann::json {
       return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
     };
+    if (r.error) {
+      methods.push_back({{"method", r.method}, {"error", *r.error}});
+      continue;
+    }
     methods.push_back({{"method", r.method},
                        {"rank", r.rank},
                        {"seconds", r.seconds},
@@ -555,16 +597,31 @@ void write_results(const fs::path& file, const options& o, const std::string& in
                        {"sk_relative_error", optional(r.sk_error)},
                        {"speedup_over_exact", optional(r.speedup)}});
   }
-  write_json(file, document);
-  std::fprintf(stderr, "wrote %s\n", file.string().c_str());
+  const std::string text = document.dump(2) + "\n";
+  out.write(text.data(), text.size());
+  out.commit();
+  std::fprintf(stderr, "wrote %s\n", o.json->string().c_str());
 }
 
 template <class T>
 int compare(const dense<T>& a, const options& o, const std::string& input,
-            const std::optional<column<double>>& known_spectrum) {
+            const std::optional<column<double>>& known_spectrum, json_output* json) {
   if (o.rank > std::min(a.rows(), a.cols())) {
     fail_usage("--rank " + std::to_string(o.rank) +
                " exceeds min(m, n) = " + std::to_string(std::min(a.rows(), a.cols())));
+  }
+  {
+    // Every method needs finite entries: one clear message instead of each
+    // library's own (LAPACK's among them).
+    lowrank::context<lowrank::cpu> ctx(o.threads);
+    const index_t at = lowrank::ops<lowrank::cpu>::find_non_finite(ctx, lowrank::view(a));
+    if (at >= 0) {
+      const index_t i = at % a.rows();
+      const index_t j = at / a.rows();
+      throw std::runtime_error(input + ": entry (" + std::to_string(i) + ", " + std::to_string(j) +
+                               ") is " + std::to_string(double(a(i, j))) +
+                               "; every method needs finite entries");
+    }
   }
   const blas_threads blas;
   comparison<T> c(a, o, blas);
@@ -578,7 +635,7 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
     std::printf("backend: cuda, device 0: %s\n", properties.name);
     const auto rows = c.run_cuda();
     print_table(rows);
-    if (o.json) write_results(*o.json, o, input, a, c.norm(), rows);
+    if (json != nullptr) write_results(*json, o, input, a, c.norm(), rows);
     return 0;
   }
 #endif
@@ -589,16 +646,22 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
                               : "the linked BLAS (or Eigen)");
   const auto rows = c.run();
   print_table(rows);
-
-  if (o.json) write_results(*o.json, o, input, a, c.norm(), rows);
+  if (json != nullptr) write_results(*json, o, input, a, c.norm(), rows);
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const options o = parse(argc, argv);
   try {
+    const options o = parse(argc, argv);
+    // --json is checked (its temporary made) before the run, and removed again
+    // if anything below fails.
+    const lowrank::io::detail::error_source json_source{
+        "lowrank-compare", "--json", o.json ? lowrank::io::detail::quote_path(*o.json) : ""};
+    std::optional<json_output> json;
+    if (o.json) json.emplace(*o.json, json_source);
+    json_output* out = json ? &*json : nullptr;
     if (o.npy) {
       // The header decides the precision; the full read validates the rest.
       std::ifstream in(*o.npy, std::ios::binary);
@@ -617,17 +680,26 @@ int main(int argc, char** argv) {
       }
       const std::string input = o.npy->string();
       if (float64) {
-        return compare<double>(lowrank::io::read_npy<double>(*o.npy), o, input, std::nullopt);
+        return compare<double>(lowrank::io::read_npy<double>(*o.npy), o, input, std::nullopt, out);
       }
-      return compare<float>(lowrank::io::read_npy<float>(*o.npy), o, input, std::nullopt);
+      return compare<float>(lowrank::io::read_npy<float>(*o.npy), o, input, std::nullopt, out);
     }
     std::fprintf(stderr, "generating the %ld x %ld input ...\n", long(o.size), long(o.size));
     lowrank::context<lowrank::cpu> ctx(o.threads);
     column<double> spectrum;
     const dense<float> a = generated_matrix(ctx, o.size, spectrum);
-    return compare<float>(a, o, "generated, s_i = i^(-1/2)", spectrum);
+    return compare<float>(a, o, "generated, s_i = i^(-1/2)", spectrum, out);
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "lowrank-compare: %s\n\n%s", e.what(), usage);
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "lowrank-compare: not enough memory for this input and rank\n");
+    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "lowrank-compare: %s\n", e.what());
+    // Errors about the command line's files already name the program.
+    const std::string_view what = e.what();
+    std::fprintf(stderr, "%s%s\n",
+                 what.starts_with("lowrank-compare") ? "" : "lowrank-compare: ", e.what());
     return 1;
   }
 }

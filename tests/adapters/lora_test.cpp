@@ -421,6 +421,42 @@ TEST(lora, bad_input_throws_and_changes_nothing) {
   EXPECT_EQ(w, original);
 }
 
+// Hardening: an alpha whose scaling overflows T (the forward would give NaN),
+// and outputs that alias the inputs (read after being written), are refused.
+TEST(lora, overflowing_scaling_and_aliased_outputs_throw) {
+  context<cpu> ctx(1);
+  mat<float> w = random_matrix<float>(6, 6, 1);
+  EXPECT_THROW((lora<float>(ctx, view(w), {}, {.rank = 2, .alpha = 1e300})),
+               lowrank::invalid_argument);
+  EXPECT_THROW((lora<float>(ctx, view(w), {}, {.rank = 4, .alpha = 1e39, .rslora = true})),
+               lowrank::invalid_argument);
+  mat<double> wd = random_matrix<double>(6, 6, 1);
+  EXPECT_NO_THROW((lora<double>(ctx, view(wd), {}, {.rank = 2, .alpha = 1e300})));
+
+  lora<float> l(ctx, view(w), {}, {.rank = 2});
+  as_eigen(l.b()) = random_matrix<float>(6, 2, 3);
+  mat<float> x = random_matrix<float>(4, 6, 2);
+  const mat<float> x0 = x;
+  EXPECT_THROW(l.forward(ctx, view(std::as_const(x)), view(x)), lowrank::invalid_argument);
+  EXPECT_EQ(x, x0);
+  // Overlapping, not equal: Y's columns start inside X's storage.
+  mat<float> both = random_matrix<float>(4, 9, 4);
+  EXPECT_THROW(l.forward(ctx, as_const(view(both).middle_cols(0, 6)), view(both).middle_cols(3, 6)),
+               lowrank::invalid_argument);
+  mat<float> y(4, 6);
+  l.forward(ctx, view(std::as_const(x)), view(y));
+  mat<float> g = random_matrix<float>(4, 6, 5);
+  EXPECT_THROW(l.backward(ctx, view(std::as_const(g)), view(g)), lowrank::invalid_argument);
+  mat<float> dx(4, 6);
+  EXPECT_NO_THROW(l.backward(ctx, view(std::as_const(g)), view(dx)));
+
+  multi_lora<float> ml(ctx, view(std::as_const(w)));
+  const mat<float> a = random_matrix<float>(2, 6, 6);
+  const mat<float> b = random_matrix<float>(6, 2, 7);
+  EXPECT_THROW((void)ml.add_adapter(ctx, view(a), view(b), 1e300), lowrank::invalid_argument);
+  EXPECT_EQ(ml.adapters(), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(all, lora_gradients,
                          ::testing::Values(lora_case{0, false, false}, lora_case{0, true, true},
                                            lora_case{0.3, false, true}));

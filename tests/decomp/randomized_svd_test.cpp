@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "lowrank/lowrank.hpp"
@@ -295,6 +296,11 @@ TYPED_TEST(randomized_svd_test, invalid_input_throws) {
   EXPECT_THROW(
       (void)randomized_svd(ctx, va, fixed_accuracy{.relative_error = 0.1, .block_size = -2}),
       invalid_argument);
+  // An oversampling near the integer maximum is a valid request (l = min(m, n)),
+  // not an overflow of k + p.
+  const auto all = randomized_svd(
+      ctx, va, 5, {.oversampling = std::numeric_limits<index_t>::max(), .power_iterations = 0});
+  EXPECT_EQ(all.rank(), 5);
   const matrix<T, B> empty(ctx, 0, 5);
   EXPECT_THROW((void)randomized_svd(ctx, empty.view(), 1), invalid_argument);
   EXPECT_THROW((void)randomized_svd(ctx, empty.view(), fixed_accuracy{.relative_error = 0.1}),
@@ -322,15 +328,73 @@ TYPED_TEST(randomized_svd_test, invalid_input_throws) {
       EXPECT_NE(std::string(e.what()).find("argument 'a(7, 3)'"), std::string::npos) << e.what();
     }
   }
-  // Finite entries whose products overflow are reported as such.
+  // Finite entries whose products overflow are scaled (extreme_scales); a
+  // singular value beyond T's range is reported as such.
   host_matrix<T> huge = host_matrix<T>::Constant(30, 20, std::numeric_limits<T>::max());
   const auto device_h = to_backend<B>(ctx, huge);
   try {
     (void)randomized_svd(ctx, device_h.view(), 5);
     ADD_FAILURE() << "no exception";
   } catch (const numerical_error& e) {
-    EXPECT_NE(std::string(e.what()).find("overflowed"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("singular value overflows"), std::string::npos)
+        << e.what();
   }
+}
+
+// The whole representable range (decomp/detail/common.hpp, "Scaling"):
+// A = 2^e A0 for e from near the smallest normal to near the largest whose
+// singular values stay representable, one side twice the other (the shape
+// whose Householder QR path once lost 40% of s_1 in float). The exact SVD
+// keeps its accuracy relative to s_1; the randomized SVDs give the singular
+// values of A0 times 2^e (scaling by a power of two is exact) and the fixed
+// accuracy mode A0's rank, where it once stalled or saw a zero matrix.
+TYPED_TEST(randomized_svd_test, extreme_scales) {
+  using T = typename TypeParam::scalar;
+  using B = typename TypeParam::backend;
+  context<B> ctx;
+  const Eigen::VectorXd truth = make_spectrum(spectrum_kind::fast_decay, 40, 0);
+  const Eigen::MatrixXd a0 = make_matrix(truth, 80, 40, 17);
+  const host_matrix<T> base = a0.template cast<T>();
+  const auto device_base = to_backend<B>(ctx, base);
+  const auto r0 = randomized_svd(ctx, device_base.view(), 8, {.seed = 3});
+  const auto f0 = randomized_svd(ctx, device_base.view(),
+                                 fixed_accuracy{.relative_error = 0.05, .block_size = 4});
+  const Eigen::VectorXd s0 = to_host(ctx, r0.s);
+  const std::vector<int> exponents = std::is_same_v<T, float>
+                                         ? std::vector<int>{-124, -100, -70, 70, 100, 124}
+                                         : std::vector<int>{-1018, -900, -600, 600, 900, 1018};
+  for (const int e : exponents) {
+    SCOPED_TRACE("2^" + std::to_string(e));
+    host_matrix<T> a = base;
+    for (index_t t = 0; t < a.size(); ++t) a.data()[t] = std::ldexp(a.data()[t], e);
+    for (const bool wide : {false, true}) {
+      const host_matrix<T> oriented = wide ? host_matrix<T>(a.transpose()) : a;
+      const auto device_a = to_backend<B>(ctx, oriented);
+      const auto exact = truncated_svd(ctx, device_a.view(), 8);
+      const Eigen::VectorXd se = to_host(ctx, exact.s);
+      for (index_t i = 0; i < 8; ++i) {
+        // Relative to s_1 = 2^e: float's rounding of A0, or double's.
+        EXPECT_NEAR(std::ldexp(se(i), -e), truth(i), 200 * eps<T>) << i;
+      }
+      const auto r = randomized_svd(ctx, device_a.view(), 8, {.seed = 3});
+      const Eigen::VectorXd s = to_host(ctx, r.s);
+      for (index_t i = 0; i < 8; ++i) {
+        EXPECT_NEAR(std::ldexp(s(i), -e), s0(i), 100 * eps<T> * s0(0)) << i;
+      }
+      EXPECT_LE(orthonormality_error(to_host(ctx, r.u)), 200 * eps<T>);
+      const auto f = randomized_svd(ctx, device_a.view(),
+                                    fixed_accuracy{.relative_error = 0.05, .block_size = 4});
+      EXPECT_EQ(f.status, qb_status::converged);
+      EXPECT_EQ(f.rank(), f0.rank());
+      EXPECT_NEAR(f.relative_error_estimate, f0.relative_error_estimate, 1e-3);
+    }
+  }
+  // A finite A whose singular values exceed T's range: a clear error.
+  const host_matrix<T> huge =
+      host_matrix<T>::Constant(80, 40, std::numeric_limits<T>::max() / 2);  // s_1 = 28 max
+  const auto device_huge = to_backend<B>(ctx, huge);
+  EXPECT_THROW((void)truncated_svd(ctx, device_huge.view(), 3), numerical_error);
+  EXPECT_THROW((void)randomized_svd(ctx, device_huge.view(), 3), numerical_error);
 }
 
 }  // namespace

@@ -34,7 +34,10 @@
 
 using std::copysign;
 using std::fabs;
+using std::fmax;
 using std::isfinite;
+using std::isnan;
+using std::nan;
 using std::sqrt;
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }

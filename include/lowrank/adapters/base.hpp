@@ -88,13 +88,14 @@ class frozen_layer {
     if (!bias.empty()) require_finite(ctx, fn, "bias", as_const(bias.as_matrix()));
   }
 
-  /// Throws invalid_argument unless X is N x in and Y is N x out.
+  /// Throws invalid_argument unless X is N x in and Y is N x out, apart from X.
   void check_batch(const char* fn, matrix_view<const T, Backend> x,
                    matrix_view<T, Backend> y) const {
     if (x.cols() != in_features()) {
       throw_invalid_argument(fn, "x.cols()", x.cols(), "in = " + std::to_string(in_features()));
     }
     require_shape(fn, "y", y, x.rows(), out_features());
+    require_apart(fn, "y", y, "x", x);
   }
 
   /// Throws invalid_argument unless a forward is pending (for backward).
@@ -105,11 +106,13 @@ class frozen_layer {
     }
   }
 
-  /// Throws invalid_argument unless G is rows x out and dX is rows x in or empty.
+  /// Throws invalid_argument unless G is rows x out and dX is rows x in or
+  /// empty, apart from G.
   void check_gradients(const char* fn, index_t rows, matrix_view<const T, Backend> dy,
                        matrix_view<T, Backend> dx) const {
     require_shape(fn, "dy", dy, rows, out_features());
     if (!dx.empty()) require_shape(fn, "dx", dx, rows, in_features());
+    require_apart(fn, "dx", dx, "dy", dy);
   }
 
   /// Y = X W^T + b.
@@ -218,6 +221,12 @@ class adapter_base : public frozen_layer<T, Backend> {
                      "min(out, in)");
     if (!std::isfinite(s.alpha) || s.alpha <= 0) {
       throw_invalid_argument(fn, "options.alpha", s.alpha, "a finite alpha > 0");
+    }
+    // The scaling is applied in T: it must be a finite T.
+    if (!std::isfinite(static_cast<T>(lora_scaling(s.alpha, s.rank, s.rslora)))) {
+      throw_invalid_argument(fn, "options.alpha", s.alpha,
+                             "an alpha whose scaling (alpha / r, rsLoRA alpha / sqrt(r)) is "
+                             "finite in the element type");
     }
     if (!(s.dropout >= 0 && s.dropout < 1)) {
       throw_invalid_argument(fn, "options.dropout", s.dropout, "a probability in [0, 1)");

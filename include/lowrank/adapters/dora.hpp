@@ -151,7 +151,7 @@ class dora : public detail::adapter_base<T, Backend> {
   // --- Forward and backward ----------------------------------------------------
 
   /// Y = b + c (.) Z (file comment); X is N x in, Y N x out. Keeps a view of X.
-  /// @throws lowrank::invalid_argument for wrong shapes.
+  /// @throws lowrank::invalid_argument for wrong shapes or a Y that overlaps X.
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y) {
     if (!this->begin_forward(ctx, "lowrank::dora::forward", x, y, false)) return;
     const auto w = as_const(this->weight());

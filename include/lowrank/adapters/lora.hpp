@@ -212,7 +212,7 @@ class lora : public detail::adapter_base<T, Backend> {
 
   /// Y = X W^T + b + s (drop(X) A^T) B^T (X W'^T + b when merged). X is N x in,
   /// Y is N x out. Keeps a view of X for backward.
-  /// @throws lowrank::invalid_argument for wrong shapes.
+  /// @throws lowrank::invalid_argument for wrong shapes or a Y that overlaps X.
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y) {
     if (!this->begin_forward(ctx, "lowrank::lora::forward", x, y)) return;
     (void)this->adapter_input(ctx, x);
@@ -225,7 +225,7 @@ class lora : public detail::adapter_base<T, Backend> {
   /// empty view to skip it).
   /// @throws lowrank::invalid_argument without a forward since the last
   ///   backward, for a G of another shape than that forward's Y, a dx of the
-  ///   wrong shape, or when merged.
+  ///   wrong shape or overlapping G, or when merged.
   void backward(context<Backend>& ctx, matrix_view<const T, Backend> dy,
                 matrix_view<T, Backend> dx) {
     this->begin_backward(ctx, "lowrank::lora::backward", dy, dx);

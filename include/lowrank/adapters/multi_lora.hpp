@@ -191,7 +191,7 @@ class multi_lora : public detail::frozen_layer<const T, Backend> {
   /// Y = X W^T + b, then Y(i, :) += s_a (X(i, :) A_a^T) B_a^T for every row i
   /// with ids[i] = a >= 0 (grouped GEMMs; see the file comment). X is N x in,
   /// Y is N x out, ids has N host entries.
-  /// @throws lowrank::invalid_argument for wrong shapes, ids.size() != N or
+  /// @throws lowrank::invalid_argument for wrong shapes, a Y that overlaps X, ids.size() != N or
   ///   an id not in [-1, K) (Y unchanged).
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x,
                std::span<const std::int32_t> ids, matrix_view<T, Backend> y) {
@@ -290,8 +290,9 @@ class multi_lora : public detail::frozen_layer<const T, Backend> {
     detail::require_in_range(fn, "a.rows()", a.rows(), 1, std::min(out, in), "min(out, in)");
     detail::require_shape(fn, "a", a, a.rows(), in);
     detail::require_shape(fn, "b", b, out, a.rows());
-    if (!std::isfinite(scaling)) {
-      detail::throw_invalid_argument(fn, "scaling", scaling, "a finite scaling");
+    if (!std::isfinite(static_cast<T>(scaling))) {
+      detail::throw_invalid_argument(fn, "scaling", scaling,
+                                     "a scaling finite in the element type");
     }
     detail::require_finite(ctx, fn, "a", a);
     detail::require_finite(ctx, fn, "b", b);

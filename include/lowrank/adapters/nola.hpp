@@ -236,7 +236,7 @@ class nola : public detail::adapter_base<T, Backend> {
   /// Y = X W^T + b + s (drop(X) A^T) B^T (X W'^T + b when merged), with A and
   /// B formed from the current coefficients. X is N x in, Y is N x out.
   /// Keeps a view of X for backward.
-  /// @throws lowrank::invalid_argument for wrong shapes.
+  /// @throws lowrank::invalid_argument for wrong shapes or a Y that overlaps X.
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y) {
     if (!this->begin_forward(ctx, "lowrank::nola::forward", x, y)) return;
     if (a_.size() == 0) a_ = matrix<T, Backend>(ctx, this->rank(), this->in_features());
@@ -253,7 +253,7 @@ class nola : public detail::adapter_base<T, Backend> {
   /// to skip it). A and B are those of that forward.
   /// @throws lowrank::invalid_argument without a forward since the last
   ///   backward (or since release_workspace()), for a G of another shape
-  ///   than that forward's Y, a dx of the wrong shape, or when merged.
+  ///   than that forward's Y, a dx of the wrong shape or overlapping G, or when merged.
   void backward(context<Backend>& ctx, matrix_view<const T, Backend> dy,
                 matrix_view<T, Backend> dx) {
     this->begin_backward(ctx, "lowrank::nola::backward", dy, dx);

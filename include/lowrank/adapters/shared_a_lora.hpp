@@ -108,8 +108,9 @@ class shared_a_lora : public detail::frozen_layer<const T, Backend> {
     adapters_.require_room(fn);
     const index_t out = this->out_features();
     detail::require_shape(fn, "b", b, out, rank());
-    if (!std::isfinite(scaling)) {
-      detail::throw_invalid_argument(fn, "scaling", scaling, "a finite scaling");
+    if (!std::isfinite(static_cast<T>(scaling))) {
+      detail::throw_invalid_argument(fn, "scaling", scaling,
+                                     "a scaling finite in the element type");
     }
     detail::require_finite(ctx, fn, "b", b);
     factors f{matrix<T, Backend>(ctx, out, rank()), matrix<T, Backend>(ctx, out, rank()), scaling};
@@ -171,7 +172,7 @@ class shared_a_lora : public detail::frozen_layer<const T, Backend> {
   /// Y = X W^T + b, H = X A^T, then Y(i, :) += s_a H(i, :) B_a^T for every
   /// row i with ids[i] = a >= 0. X is N x in, Y is N x out, ids has N host
   /// entries. Keeps a view of X for backward.
-  /// @throws lowrank::invalid_argument for wrong shapes, ids.size() != N or
+  /// @throws lowrank::invalid_argument for wrong shapes, a Y that overlaps X, ids.size() != N or
   ///   an id not in [-1, K) (Y unchanged).
   void forward(context<Backend>& ctx, matrix_view<const T, Backend> x,
                std::span<const std::int32_t> ids, matrix_view<T, Backend> y) {

@@ -62,8 +62,11 @@ struct cholesky_status {
 ///   (Y(i, :) += alpha v^T), `divide(ctx, x, d, beta, y)` (y_i = x_i / d_i +
 ///   beta y_i in double, rounded once to y's type; x, y float, double or T, d
 ///   double);
-/// - reductions, accumulated in double: `squared_norm` (||X||_F^2),
-///   `column_squared_norms`, `add_column_sums(ctx, alpha, x, y)` (y_j +=
+/// - reductions, accumulated in double: `squared_norm(ctx, x, scale)`
+///   (||scale X||_F^2, scale a power of two, 1 by default),
+///   `column_squared_norms` (into a double vector), `max_abs` (the largest
+///   |X(i, j)|, NaN when X holds a non-finite entry, 0 when empty),
+///   `add_column_sums(ctx, alpha, x, y)` (y_j +=
 ///   alpha sum_i X(i, j)), `row_dots(ctx, x, y, out)` / `column_dots` (sums
 ///   of X (.) Y per row / per column into a double vector),
 ///   `find_non_finite` (the column-major linear index of the first non-finite
@@ -105,7 +108,9 @@ concept backend_for = scalar<T> &&
   ops<Backend>::divide(ctx, cv, cdv, 1.0, dv);
   ops<Backend>::divide(ctx, cdv, cdv, 1.0, v);
   { ops<Backend>::squared_norm(ctx, cx) } -> std::same_as<double>;
-  ops<Backend>::column_squared_norms(ctx, cx, v);
+  { ops<Backend>::squared_norm(ctx, cx, 2.0) } -> std::same_as<double>;
+  ops<Backend>::column_squared_norms(ctx, cx, dv);
+  { ops<Backend>::max_abs(ctx, cx) } -> std::same_as<double>;
   { ops<Backend>::find_non_finite(ctx, cx) } -> std::same_as<index_t>;
   ops<Backend>::add_column_sums(ctx, alpha, cx, v);
   ops<Backend>::row_dots(ctx, cx, cx, dv);

@@ -11,13 +11,18 @@
 ///   non-empty matrix";
 /// - `require_in_range(fn, "k", k, 1, limit, "min(m, n)")`: "argument 'k' is
 ///   0; expected 1 <= k <= min(m, n) = 40";
+/// - `require_apart(fn, "y", y, "x", x)`: "argument 'y' is a view overlapping
+///   x; expected memory apart from x" (an output that aliases an input);
 /// - `require_finite(ctx, fn, "a", a)` (numerical_error): "argument
 ///   'a(2, 6)' is nan; expected finite entries", the first non-finite entry
 ///   in column-major order.
 
 #include <Eigen/Core>
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/eigen.hpp"
@@ -58,6 +63,25 @@ inline void require_in_range(const char* fn, std::string_view argument, index_t 
     std::string expected = std::to_string(lo) + " <= " + std::string(argument) + " <= ";
     if (!hi_name.empty()) expected += std::string(hi_name) + " = ";
     throw_invalid_argument(fn, argument, value, expected + std::to_string(hi));
+  }
+}
+
+/// Throws invalid_argument if the memory x spans overlaps y's (an output
+/// view that aliases an input would be read after it is written).
+template <class X, class Y>
+void require_apart(const char* fn, std::string_view argument, const X& x, std::string_view other,
+                   const Y& y) {
+  if (x.empty() || y.empty()) return;
+  const auto span = [](const auto& v) {
+    const auto first = reinterpret_cast<std::uintptr_t>(v.data());
+    const auto count = std::size_t((v.cols() - 1) * v.ld() + v.rows());
+    return std::pair{first, first + count * sizeof(*v.data())};
+  };
+  const auto [x0, x1] = span(x);
+  const auto [y0, y1] = span(y);
+  if (x0 < y1 && y0 < x1) {
+    throw_invalid_argument(fn, argument, "a view overlapping " + std::string(other),
+                           "memory apart from " + std::string(other));
   }
 }
 

@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <concepts>
+#include <limits>
 
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/eigen.hpp"
@@ -75,17 +76,41 @@ matrix<T, Backend> grown(context<Backend>& ctx, const matrix<T, Backend>& old, i
   return fresh;
 }
 
-/// randQB_EI on M (see the file comment). `tolerance` is relative (already
-/// clamped), `block` >= 1, 1 <= `max_rank` <= M.cols().
+/// Sets M's scale from ||A||_F^2 (detail/common.hpp: 1 unless A's RMS entry
+/// lies outside T's safe range) and returns ||M||_F^2 in double. For a dense
+/// A whose energy is not a normal double (double data near the ends of the
+/// range), the scale comes from A's largest entry instead.
+/// @throws lowrank::numerical_error if A is not finite.
+template <class Op>
+double scaled_energy(context<operator_backend_t<Op>>& ctx, oriented<Op>& m, const char* function) {
+  using T = operator_value_t<Op>;
+  using Backend = operator_backend_t<Op>;
+  const double total = operator_squared_norm(ctx, m.a);
+  if constexpr (is_matrix_view_v<Op>) {
+    if (!std::isfinite(total) || total < std::numeric_limits<double>::min()) {
+      const matrix_view<const T, Backend> a = m.a;
+      const double largest = ops<Backend>::max_abs(ctx, a);
+      if (!std::isfinite(largest)) throw_non_finite(ctx, function, m.a);
+      m.scale = range_scale<T>(largest);
+      return ops<Backend>::squared_norm(ctx, a, m.scale);
+    }
+  }
+  if (!std::isfinite(total)) throw_non_finite(ctx, function, m.a);
+  m.scale = range_scale<T>(std::sqrt(total / (double(m.rows()) * double(m.cols()))));
+  return total * m.scale * m.scale;
+}
+
+/// randQB_EI on M (see the file comment), M's scale set first
+/// (scaled_energy). `tolerance` is relative (already clamped), `block` >= 1,
+/// 1 <= `max_rank` <= M.cols().
 template <class Op, class T = operator_value_t<Op>, class Backend = operator_backend_t<Op>>
-qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, const oriented<Op>& m, double tolerance,
+qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, oriented<Op>& m, double tolerance,
                                      index_t max_rank, index_t block, index_t power_iterations,
                                      random_stream stream, const char* function) {
   const index_t big = m.rows();
   const index_t small = m.cols();
   qb_factors<T, Backend> f;
-  f.total = operator_squared_norm(ctx, m.a);
-  if (!std::isfinite(f.total)) throw_non_finite(ctx, function, m.a);
+  f.total = scaled_energy(ctx, m, function);
   f.residual = f.total;
   index_t capacity = std::min(max_rank, 2 * block);
   f.q = matrix<T, Backend>(ctx, big, capacity);
@@ -97,8 +122,8 @@ qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, const oriented<Op>& 
   const double negligible = 0.0625 * qb_tolerance_floor<T>() * qb_tolerance_floor<T>() * f.total;
   matrix<T, Backend> z(ctx, small, block);        // Omega_i, then the power iterates
   matrix<T, Backend> proj(ctx, max_rank, block);  // B Omega_i, Q^T Q_i, ...
-  vector<T, Backend> energy(ctx, block);
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> host_energy(block, 1);
+  vector<double, Backend> energy(ctx, block);
+  Eigen::MatrixXd host_energy(block, 1);
 
   f.status = qb_status::max_rank_reached;
   while (f.rank < max_rank) {
@@ -156,7 +181,7 @@ qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, const oriented<Op>& 
     ops<Backend>::column_squared_norms(ctx, as_const(bti), ei);
     ops<Backend>::download(ctx, as_const(ei.as_matrix()), view(host_energy).block(0, 0, b, 1));
     double block_energy = 0;
-    for (index_t t = 0; t < b; ++t) block_energy += static_cast<double>(host_energy(t));
+    for (index_t t = 0; t < b; ++t) block_energy += host_energy(t);
 
     if (f.residual - block_energy <= target) {
       // Rotate the block by the SVD of B_i = X S W^T (B_i^T = W S X^T) so that

@@ -32,6 +32,12 @@
 /// (4 sqrt(eps_T): 1.4e-3 for float, 6e-8 for double); a smaller tolerance is
 /// raised to that floor and the result's `tolerance` says so.
 ///
+/// **Range.** Any finite A works, entries near the ends of T's range
+/// included: when the sketch (fixed rank) or A's RMS entry (fixed accuracy)
+/// lies outside T's safe range, the algorithm runs on c A for a power of two
+/// c, exactly, and divides the singular values by c (decomp/detail/common.hpp);
+/// a dense A whose first product overflows is scaled from its largest entry.
+///
 /// Results are reproducible: the same seed gives the same bits on the same
 /// backend, whatever the thread count.
 
@@ -139,15 +145,18 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
     detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations,
                                    ">= 0");
   }
-  const auto m = detail::oriented<Op>::tall(a);
-  const index_t l = std::min(k + options.oversampling, m.cols());
+  auto m = detail::oriented<Op>::tall(a);
+  // l = min(k + p, n), written so that a huge p cannot overflow.
+  const index_t l = k + std::min(options.oversampling, m.cols() - k);
   matrix<T, Backend> q(ctx, m.rows(), l);
   matrix<T, Backend> z(ctx, m.cols(), l);
   matrix<double, Backend> c;  // the deferred last pass: Q = Q1 C
   detail::subspace_iteration(ctx, m, random_stream{options.seed, 0}, options.power_iterations,
                              q.view(), z.view(), fn, &c);
   m.apply_transposed(ctx, as_const(q.view()), z.view());  // B1^T = M^T Q1
-  return detail::svd_of_qb(ctx, m.op, as_const(q.view()), z.view(), k, &c);
+  auto result = detail::svd_of_qb(ctx, m.op, as_const(q.view()), z.view(), k, &c);
+  detail::unscale_values(ctx, fn, m.scale, result.s.view());
+  return result;
 }
 
 /// Fixed-accuracy randomized SVD of A (m x n, a dense view or any
@@ -186,13 +195,14 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
   const index_t block = std::min(tol.block_size == 0 ? index_t{32} : tol.block_size, max_rank);
   const double used_tolerance = std::max(tol.relative_error, qb_tolerance_floor<T>());
 
-  const auto m = detail::oriented<Op>::tall(a);
+  auto m = detail::oriented<Op>::tall(a);
   auto f = detail::randomized_qb(ctx, m, used_tolerance, max_rank, block, tol.power_iterations,
                                  random_stream{tol.seed, 0}, fn);
   adaptive_low_rank<T, Backend> result;
   if (f.rank > 0) {
     static_cast<low_rank<T, Backend>&>(result) = detail::svd_of_qb(
         ctx, m.op, as_const(f.q.view().left_cols(f.rank)), f.bt.view().left_cols(f.rank), f.rank);
+    detail::unscale_values(ctx, fn, m.scale, result.s.view());
   } else {
     result.u = matrix<T, Backend>(ctx, a.rows(), 0);
     result.s = vector<T, Backend>(ctx, 0);

@@ -23,6 +23,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -49,18 +50,29 @@ namespace detail {
 /// Y = orth((M M^T)^q M Omega) with Omega (M.cols() x l) the Gaussian matrix
 /// of `stream`, drawn into Z; Z is workspace (M.cols() x l) afterwards. With
 /// `c` given, the last CholQR pass is deferred (see detail::orthonormalize):
-/// Y C is the orthonormal basis.
+/// Y C is the orthonormal basis. The first product sets M's scale: 1 for
+/// data in T's safe range, else the power of two that brings M Omega to
+/// about 1 (detail/common.hpp), and M Omega is formed again from scale M.
 /// @throws lowrank::numerical_error if A holds a non-finite entry (found
 /// through the first product, which it would poison).
 template <class Op, class T, class Backend>
-void subspace_iteration(context<Backend>& ctx, const oriented<Op>& m, random_stream stream,
-                        index_t q, matrix_view<T, Backend> y, matrix_view<T, Backend> z,
-                        const char* function, matrix<double, Backend>* c = nullptr) {
+void subspace_iteration(context<Backend>& ctx, oriented<Op>& m, random_stream stream, index_t q,
+                        matrix_view<T, Backend> y, matrix_view<T, Backend> z, const char* function,
+                        matrix<double, Backend>* c = nullptr) {
   ops<Backend>::fill_random(ctx, distribution::gaussian, stream, z, 0, 0);
   m.apply(ctx, as_const(z), y);
-  // Any NaN or Inf in A reaches Y through the dense Gaussian Omega, so checking
-  // the m x l sketch replaces a pass over the m x n input.
-  if (ops<Backend>::find_non_finite(ctx, as_const(y)) >= 0) throw_non_finite(ctx, function, m.a);
+  // Any NaN or Inf in A reaches Y through the dense Gaussian Omega, so
+  // checking the m x l sketch replaces a pass over the m x n input; its
+  // largest entry gives the data's size.
+  const double largest = ops<Backend>::max_abs(ctx, as_const(y));
+  m.scale = std::isfinite(largest) ? range_scale<T>(largest)
+                                   : overflow_scale(ctx, function, m.a, m.cols());
+  if (m.scale != 1) {
+    m.apply(ctx, as_const(z), y);
+    if (!std::isfinite(ops<Backend>::max_abs(ctx, as_const(y)))) {
+      throw_non_finite(ctx, function, m.a);
+    }
+  }
   for (index_t it = 0; it < q; ++it) {
     orthonormalize(ctx, y, orth_accuracy::basis);
     m.apply_transposed(ctx, as_const(y), z);
@@ -91,7 +103,7 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
     detail::throw_invalid_argument(fn, "options.power_iterations", options.power_iterations,
                                    ">= 0");
   }
-  const detail::oriented<Op> m{a, transpose::no};
+  detail::oriented<Op> m{a, transpose::no};
   matrix<T, Backend> q(ctx, a.rows(), l);
   matrix<T, Backend> z(ctx, a.cols(), l);
   detail::subspace_iteration(ctx, m, random_stream{options.seed, 0}, options.power_iterations,

@@ -8,12 +8,17 @@
 /// V n x k; signs as scikit-learn's svd_flip (largest-magnitude entry of each
 /// column of U positive). By Eckart-Young, U diag(s) V^T is the best rank-k
 /// approximation in the Frobenius and spectral norms.
+/// Any finite A works, entries near the ends of T's range included: A whose
+/// largest entry lies outside T's safe range is factorised as c A for a power
+/// of two c, exactly, and its singular values divided by c
+/// (decomp/detail/common.hpp).
 /// Cost: O(m n min(m, n)) flops; memory: a copy of A and the thin factors
 /// (m + n) min(m, n). It is the reference the randomized methods are measured
 /// against, not a fast path.
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/eigen.hpp"
@@ -35,12 +40,23 @@ requires backend_for<Backend, T>
   const char* fn = "lowrank::truncated_svd";
   detail::require_non_empty(fn, a);
   detail::require_rank(fn, a, k);
-  detail::require_finite(ctx, fn, "a", a);
+  // One pass finds both a non-finite entry and the data's size.
+  const double largest = ops<Backend>::max_abs(ctx, a);
+  if (!std::isfinite(largest)) detail::require_finite(ctx, fn, "a", a);
   const index_t r = std::min(a.rows(), a.cols());
   matrix<T, Backend> u(ctx, a.rows(), r);
   vector<T, Backend> s(ctx, r);
   matrix<T, Backend> v(ctx, a.cols(), r);
-  ops<Backend>::svd(ctx, a, u.view(), s.view(), v.view());
+  // Data at the ends of the range is factorised as c A (detail/common.hpp).
+  const double scale = detail::range_scale<T>(largest);
+  if (scale == 1) {
+    ops<Backend>::svd(ctx, a, u.view(), s.view(), v.view());
+  } else {
+    matrix<T, Backend> scaled(ctx, a.rows(), a.cols());
+    ops<Backend>::axpby(ctx, T(scale), a, T(0), scaled.view());
+    ops<Backend>::svd(ctx, as_const(scaled.view()), u.view(), s.view(), v.view());
+    detail::unscale_values(ctx, fn, scale, s.view());
+  }
   low_rank<T, Backend> result;
   if (k == r) {
     result = {std::move(u), std::move(s), std::move(v)};

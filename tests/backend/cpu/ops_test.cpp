@@ -719,15 +719,45 @@ TYPED_TEST(Ops, ColumnSquaredNorms) {
   x.col(3).setOnes();
   x(0, 3) = 4096;
   auto px = this->pad(x);
-  lowrank::vector<T, backend> out(this->ctx, 4);
+  lowrank::vector<double, backend> out(this->ctx, 4);
   ops::column_squared_norms(this->ctx, px.cview(), out.view());
   const Eigen::VectorXd got = lowrank::test::to_host(this->ctx, out);
   for (index_t j = 0; j < 3; ++j) {
-    // Rounded once to T from a double sum that errs by gamma_rows in double.
+    // A double sum (kept in double: energies never round to T), erring by gamma_rows.
     const double reference = x.col(j).squaredNorm();
-    EXPECT_NEAR(got(j), reference, (eps<T> + double(rows) * eps<double>)*reference) << j;
+    EXPECT_NEAR(got(j), reference, double(rows) * eps<double> * reference) << j;
   }
   EXPECT_EQ(got(3), 16777216.0 + 1000.0);
+}
+
+// max_abs: the largest magnitude exactly (a negative entry included), NaN
+// for a NaN or an infinity, 0 for an empty view; squared_norm with a scale:
+// ||c X||_F^2 for a power of two c, so data near the ends of the range has a
+// finite energy.
+TYPED_TEST(Ops, MaxAbsAndScaledSquaredNorm) {
+  using T = typename TestFixture::scalar_type;
+  using ops = typename TestFixture::ops_type;
+  Eigen::MatrixXd x = rounded<T>(gaussian(300, 7, 21));
+  x(123, 5) = -9.5;
+  auto px = this->pad(x);
+  EXPECT_EQ(ops::max_abs(this->ctx, px.cview()), 9.5);
+  x(4, 2) = std::numeric_limits<double>::quiet_NaN();
+  auto pn = this->pad(x);
+  EXPECT_TRUE(std::isnan(ops::max_abs(this->ctx, pn.cview())));
+  x(4, 2) = -std::numeric_limits<double>::infinity();
+  auto pi = this->pad(x);
+  EXPECT_TRUE(std::isnan(ops::max_abs(this->ctx, pi.cview())));
+  auto pe = this->pad(0, 3);
+  EXPECT_EQ(ops::max_abs(this->ctx, pe.cview()), 0.0);
+
+  // 2^e y with e near T's largest exponent: y's energy from the scaled sum.
+  const Eigen::MatrixXd y = rounded<T>(gaussian(200, 6, 22));
+  const int e = std::numeric_limits<T>::max_exponent - 4;
+  const Eigen::MatrixXd big = y * std::ldexp(1.0, e);
+  auto py = this->pad(y);
+  auto pb = this->pad(big);
+  EXPECT_EQ(ops::squared_norm(this->ctx, pb.cview(), std::ldexp(1.0, -e)),
+            ops::squared_norm(this->ctx, py.cview()));
 }
 
 TYPED_TEST(Ops, FindNonFinite) {

@@ -132,10 +132,14 @@ TYPED_TEST(cross_backend, operations_match_the_cpu) {
   context<cpu> one(1);
   EXPECT_NEAR(ops<cuda>::squared_norm(gpu, ga.view()), ops<cpu>::squared_norm(one, view(a)),
               1e-12 * ops<cpu>::squared_norm(one, view(a)));
-  vector<T, cuda> norms(gpu, 40);
+  vector<double, cuda> norms(gpu, 40);
   ops<cuda>::column_squared_norms(gpu, ga.view(), norms.view());
-  const Eigen::Matrix<T, Eigen::Dynamic, 1> host_norms = a.colwise().squaredNorm().transpose();
-  EXPECT_LE((norms.to_eigen() - host_norms).cwiseAbs().maxCoeff(), 10 * eps * 120);
+  const Eigen::VectorXd host_norms = a.template cast<double>().colwise().squaredNorm().transpose();
+  EXPECT_LE((norms.to_eigen() - host_norms).cwiseAbs().maxCoeff(), 1e-12 * host_norms.maxCoeff());
+  EXPECT_EQ(ops<cuda>::max_abs(gpu, ga.view()), ops<cpu>::max_abs(one, view(a)));
+  EXPECT_NEAR(ops<cuda>::squared_norm(gpu, ga.view(), 0.25),
+              ops<cpu>::squared_norm(one, view(a), 0.25),
+              1e-12 * ops<cpu>::squared_norm(one, view(a)));
   EXPECT_EQ(ops<cuda>::find_non_finite(gpu, ga.view()), -1);
   host_matrix<T> bad = a;
   bad(7, 9) = std::numeric_limits<T>::infinity();

@@ -307,24 +307,62 @@ struct cpu_core_ops {
     for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) { as_eigen(x.col(j)) *= d[j]; });
   }
 
-  /// ||X||_F^2, accumulated in double (fixed column chunks, added in order).
+  /// ||scale X||_F^2, accumulated in double (fixed column chunks, added in
+  /// order); `scale` (a power of two) keeps the squares of extreme data in
+  /// double's range.
   template <scalar T>
-  static double squared_norm(context<cpu>& ctx, matrix_view<const T, cpu> x) {
+  static double squared_norm(context<cpu>& ctx, matrix_view<const T, cpu> x, double scale = 1) {
     return sum_over_columns(ctx, x.rows(), x.cols(), 65536,
-                            [&](index_t j) { return column_squared_norm(x, j); });
+                            [&](index_t j) { return column_squared_norm(x, j, scale); });
   }
 
   /// squared_norm of a writable view.
   template <scalar T>
-  static double squared_norm(context<cpu>& ctx, matrix_view<T, cpu> x) {
-    return squared_norm(ctx, as_const(x));
+  static double squared_norm(context<cpu>& ctx, matrix_view<T, cpu> x, double scale = 1) {
+    return squared_norm(ctx, as_const(x), scale);
   }
 
   /// out_j = ||X(:, j)||^2, accumulated in double.
   template <scalar T>
-  static void column_squared_norms(context<cpu>& /*ctx*/, input<T> x, vector_view<T, cpu> out) {
+  static void column_squared_norms(context<cpu>& /*ctx*/, matrix_view<const T, cpu> x,
+                                   vector_view<double, cpu> out) {
     LOWRANK_ASSERT(out.size() == x.cols());
-    for (index_t j = 0; j < x.cols(); ++j) out[j] = static_cast<T>(column_squared_norm(x, j));
+    for (index_t j = 0; j < x.cols(); ++j) out[j] = column_squared_norm(x, j, 1.0);
+  }
+
+  /// The largest |X(i, j)|, in double: NaN when X holds a NaN or an
+  /// infinity, 0 when empty.
+  template <scalar T>
+  static double max_abs(context<cpu>& ctx, matrix_view<const T, cpu> x) {
+    const index_t parts = column_parts(x.rows(), x.cols(), 65536);
+    std::vector<double> partial(static_cast<std::size_t>(parts), 0.0);
+    ctx.pool().run(parts, [&](index_t t) {
+      const auto r = part(x.cols(), parts, t);
+      double largest = 0;
+      for (index_t j = r.begin; j < r.begin + r.size; ++j) {
+        const T* c = x.data() + j * x.ld();
+        // std::max drops a NaN; the sum of x * 0 is NaN exactly when a
+        // column holds a NaN or an infinity.
+        T m = 0;
+        T sum = 0;
+        for (index_t i = 0; i < x.rows(); ++i) {
+          m = std::max(m, std::abs(c[i]));
+          sum += c[i] * T(0);
+        }
+        largest = keep_nan_max(
+            largest, std::isnan(sum) ? std::numeric_limits<double>::quiet_NaN() : double(m));
+      }
+      partial[static_cast<std::size_t>(t)] = largest;
+    });
+    double largest = 0;
+    for (const double p : partial) largest = keep_nan_max(largest, p);
+    return largest;
+  }
+
+  /// max_abs of a writable view.
+  template <scalar T>
+  static double max_abs(context<cpu>& ctx, matrix_view<T, cpu> x) {
+    return max_abs(ctx, as_const(x));
   }
 
   /// The column-major linear index of the first non-finite entry, or -1.
@@ -540,11 +578,20 @@ struct cpu_core_ops {
   }
 
   template <class T>
-  static double column_squared_norm(matrix_view<const T, cpu> x, index_t j) {
+  static double column_squared_norm(matrix_view<const T, cpu> x, index_t j, double scale) {
     const T* c = x.data() + j * x.ld();
     double sum = 0;
-    for (index_t i = 0; i < x.rows(); ++i) sum += double(c[i]) * double(c[i]);
+    for (index_t i = 0; i < x.rows(); ++i) {
+      const double v = scale * double(c[i]);
+      sum += v * v;
+    }
     return sum;
+  }
+
+  /// max(a, b), NaN once either is NaN.
+  [[nodiscard]] static double keep_nan_max(double a, double b) noexcept {
+    return (std::isnan(a) || std::isnan(b)) ? std::numeric_limits<double>::quiet_NaN()
+                                            : std::max(a, b);
   }
 };
 

@@ -297,37 +297,59 @@ struct cuda_core_ops {
     check(cudaGetLastError(), "lowrank::ops<cuda>::scale_columns: kernel launch");
   }
 
-  /// ||X||_F^2 in double: a fixed-grid two-pass reduction (deterministic).
-  /// Synchronises the stream.
+  /// ||scale X||_F^2 in double (scale a power of two, 1 by default): a
+  /// fixed-grid two-pass reduction (deterministic). Synchronises the stream.
   template <scalar T>
-  static double squared_norm(context<cuda>& ctx, matrix_view<const T, cuda> x) {
+  static double squared_norm(context<cuda>& ctx, matrix_view<const T, cuda> x, double scale = 1) {
     if (x.empty()) return 0;
-    constexpr unsigned blocks = 256;
     auto ws = ctx.workspace();
-    auto* partial = ws.take<double>(blocks + 1);
-    kernels::squared_norm_partials<<<blocks, kernels::block_threads, 0, ctx.stream()>>>(
-        x.data(), x.rows(), x.cols(), x.ld(), partial);
+    auto* partial = ws.take<double>(kernels::reduce_blocks + 1);
+    kernels::
+        squared_norm_partials<<<kernels::reduce_blocks, kernels::block_threads, 0, ctx.stream()>>>(
+            x.data(), x.rows(), x.cols(), x.ld(), scale, partial);
     check(cudaGetLastError(), "lowrank::ops<cuda>::squared_norm: kernel launch");
-    kernels::sum_partials<>
-        <<<1, kernels::block_threads, 0, ctx.stream()>>>(partial, blocks, partial + blocks);
+    kernels::sum_partials<><<<1, kernels::block_threads, 0, ctx.stream()>>>(
+        partial, kernels::reduce_blocks, partial + kernels::reduce_blocks);
     check(cudaGetLastError(), "lowrank::ops<cuda>::squared_norm: kernel launch");
-    return download_value(ctx, partial + blocks,
+    return download_value(ctx, partial + kernels::reduce_blocks,
                           "lowrank::ops<cuda>::squared_norm: cudaMemcpyAsync");
   }
   template <scalar T>
-  static double squared_norm(context<cuda>& ctx, matrix_view<T, cuda> x) {
-    return squared_norm(ctx, as_const(x));
+  static double squared_norm(context<cuda>& ctx, matrix_view<T, cuda> x, double scale = 1) {
+    return squared_norm(ctx, as_const(x), scale);
   }
 
   /// out_j = ||X(:, j)||^2, accumulated in double.
   template <scalar T>
-  static void column_squared_norms(context<cuda>& ctx, input<T> x, vector_view<T, cuda> out) {
+  static void column_squared_norms(context<cuda>& ctx, matrix_view<const T, cuda> x,
+                                   vector_view<double, cuda> out) {
     LOWRANK_ASSERT(out.size() == x.cols());
     if (x.cols() == 0) return;
     const auto grid = static_cast<unsigned>(std::min<index_t>(x.cols(), 65535));
     kernels::column_squared_norms<<<grid, kernels::block_threads, 0, ctx.stream()>>>(
         x.data(), x.rows(), x.cols(), x.ld(), out.data());
     check(cudaGetLastError(), "lowrank::ops<cuda>::column_squared_norms: kernel launch");
+  }
+
+  /// The largest |X(i, j)| in double, NaN when X holds a non-finite entry, 0
+  /// when empty: a fixed-grid two-pass reduction. Synchronises the stream.
+  template <scalar T>
+  static double max_abs(context<cuda>& ctx, matrix_view<const T, cuda> x) {
+    if (x.empty()) return 0;
+    auto ws = ctx.workspace();
+    auto* partial = ws.take<double>(kernels::reduce_blocks + 1);
+    kernels::max_abs_partials<<<kernels::reduce_blocks, kernels::block_threads, 0, ctx.stream()>>>(
+        x.data(), x.rows(), x.cols(), x.ld(), partial);
+    check(cudaGetLastError(), "lowrank::ops<cuda>::max_abs: kernel launch");
+    kernels::max_partials<><<<1, kernels::block_threads, 0, ctx.stream()>>>(
+        partial, kernels::reduce_blocks, partial + kernels::reduce_blocks);
+    check(cudaGetLastError(), "lowrank::ops<cuda>::max_abs: kernel launch");
+    return download_value(ctx, partial + kernels::reduce_blocks,
+                          "lowrank::ops<cuda>::max_abs: cudaMemcpyAsync");
+  }
+  template <scalar T>
+  static double max_abs(context<cuda>& ctx, matrix_view<T, cuda> x) {
+    return max_abs(ctx, as_const(x));
   }
 
   /// The column-major linear index of the first non-finite entry, or -1.

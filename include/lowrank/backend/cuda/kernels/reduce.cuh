@@ -33,20 +33,72 @@ __device__ inline double block_sum(double value) {
   return shared[0];
 }
 
-/// partial[b] = the sum of squares of the elements that grid block b visits
-/// (a grid of exactly `blocks` blocks).
+/// The blocks of the two-pass reductions' first pass (a fixed grid, so that
+/// the order of the sums does not depend on the device).
+inline constexpr unsigned reduce_blocks = 256;
+
+/// partial[b] = the sum of (scale x)^2 over the elements that grid block b
+/// visits (a grid of exactly `reduce_blocks` blocks).
 template <class T>
 __global__ void squared_norm_partials(const T* x, index_t rows, index_t cols, index_t ld,
-                                      double* partial) {
+                                      double scale, double* partial) {
   const index_t n = rows * cols;
   double sum = 0;
   for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += index_t(gridDim.x) * blockDim.x) {
-    const double v = double(x[k % rows + (k / rows) * ld]);
+    const double v = scale * double(x[k % rows + (k / rows) * ld]);
     sum += v * v;
   }
   const double total = block_sum(sum);
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+/// max(a, b), NaN once either is NaN (order-independent: deterministic).
+__device__ inline double nan_max(double a, double b) {
+  return (isnan(a) || isnan(b)) ? nan("") : fmax(a, b);
+}
+
+/// The largest `value` over a block of `Threads` threads (a power of two),
+/// NaN when any is NaN; every thread gets it. As block_sum, two calls in a
+/// row need a __syncthreads() between them.
+template <int Threads = block_threads>
+__device__ inline double block_max(double value) {
+  static_assert((Threads & (Threads - 1)) == 0, "block_max: Threads must be a power of two");
+  __shared__ double shared[Threads];
+  shared[threadIdx.x] = value;
+  __syncthreads();
+  for (int width = Threads / 2; width > 0; width /= 2) {
+    if (int(threadIdx.x) < width) {
+      shared[threadIdx.x] = nan_max(shared[threadIdx.x], shared[threadIdx.x + width]);
+    }
+    __syncthreads();
+  }
+  return shared[0];
+}
+
+/// partial[b] = the largest |x| over the elements that grid block b visits,
+/// NaN for a NaN or an infinity (a grid of exactly `reduce_blocks` blocks).
+template <class T>
+__global__ void max_abs_partials(const T* x, index_t rows, index_t cols, index_t ld,
+                                 double* partial) {
+  const index_t n = rows * cols;
+  double largest = 0;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += index_t(gridDim.x) * blockDim.x) {
+    const double v = fabs(double(x[k % rows + (k / rows) * ld]));
+    largest = nan_max(largest, isfinite(v) ? v : nan(""));
+  }
+  const double total = block_max(largest);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+/// out[0] = the largest of partial[0 .. count), NaN if one is NaN, in one block.
+template <class Unused = void>
+__global__ void max_partials(const double* partial, index_t count, double* out) {
+  double largest = 0;
+  for (index_t k = threadIdx.x; k < count; k += blockDim.x) largest = nan_max(largest, partial[k]);
+  const double total = block_max(largest);
+  if (threadIdx.x == 0) out[0] = total;
 }
 
 /// out[0] = the sum of partial[0 .. count), in one block (a template, so that
@@ -61,7 +113,8 @@ __global__ void sum_partials(const double* partial, index_t count, double* out) 
 
 /// out[j] = ||X(:, j)||^2, one block per column.
 template <class T>
-__global__ void column_squared_norms(const T* x, index_t rows, index_t cols, index_t ld, T* out) {
+__global__ void column_squared_norms(const T* x, index_t rows, index_t cols, index_t ld,
+                                     double* out) {
   for (index_t j = blockIdx.x; j < cols; j += gridDim.x) {
     double sum = 0;
     for (index_t i = threadIdx.x; i < rows; i += blockDim.x) {
@@ -69,7 +122,7 @@ __global__ void column_squared_norms(const T* x, index_t rows, index_t cols, ind
       sum += v * v;
     }
     const double total = block_sum(sum);
-    if (threadIdx.x == 0) out[j] = T(total);
+    if (threadIdx.x == 0) out[j] = total;
     __syncthreads();
   }
 }
