@@ -7,19 +7,26 @@
 // The fuzzers build without GoogleTest (see the libFuzzer command lines in them), so the
 // GoogleTest helpers are defined only when <gtest/gtest.h> was included first.
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <random>
 #include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -155,6 +162,42 @@ std::string error_message(F&& f) {
     return e.what();
   }
   ADD_FAILURE() << "no lowrank::invalid_argument was thrown";
+  return {};
+}
+
+// The message of the lowrank::invalid_argument that f throws, with f run on another thread
+// and given `limit` to return (a reader must refuse a FIFO or a device at once, not block on
+// it or read it until memory runs out). When it does not return in time, the test fails,
+// and a reader blocked on the FIFO `fifo` is released by opening it for writing.
+template <class F>
+std::string prompt_error_message(F&& f, const std::filesystem::path& fifo = {},
+                                 std::chrono::seconds limit = std::chrono::seconds(10)) {
+  std::promise<std::string> promise;
+  std::future<std::string> result = promise.get_future();
+  std::thread thread([&f, promise = std::move(promise)]() mutable {
+    try {
+      f();
+      promise.set_value("(no exception)");
+    } catch (const lowrank::invalid_argument& e) {
+      promise.set_value(e.what());
+    } catch (const std::exception& e) {
+      promise.set_value(std::string("(another exception: ") + e.what() + ")");
+    }
+  });
+  if (result.wait_for(limit) == std::future_status::ready) {
+    thread.join();
+    return result.get();
+  }
+  ADD_FAILURE() << "the call did not return within " << limit.count() << " s";
+  if (!fifo.empty()) {
+    const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    if (fd >= 0) ::close(fd);
+  }
+  if (result.wait_for(std::chrono::seconds(5)) == std::future_status::ready) {
+    thread.join();
+  } else {
+    thread.detach();  // still reading: nothing more can be done
+  }
   return {};
 }
 

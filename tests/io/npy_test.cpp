@@ -4,6 +4,7 @@
 #include "lowrank/io/npy.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <Eigen/Core>
 #include <cmath>
@@ -465,6 +466,28 @@ TEST_F(npy_file_test, missing_empty_and_directory_files_throw) {
       std::string::npos);
 
   EXPECT_THROW(static_cast<void>(read_npy<float>(dir_)), lowrank::invalid_argument);
+}
+
+// Only regular files are read: a FIFO would block the reader forever and /dev/zero would be
+// read until memory runs out; both are refused at once, as is a symbolic link to a FIFO.
+TEST_F(npy_file_test, special_files_are_refused_promptly) {
+  const fs::path fifo = dir_ / "fifo.npy";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(
+      io_test::prompt_error_message([&] { static_cast<void>(read_npy<float>(fifo)); }, fifo),
+      "lowrank::io::read_npy: argument 'file' is \"" + fifo.string() +
+          "\", which is a FIFO, not a regular file; expected an existing, readable .npy file");
+  const fs::path link = dir_ / "link.npy";
+  fs::create_symlink(fifo, link);
+  EXPECT_NE(io_test::prompt_error_message([&] { static_cast<void>(read_npy<double>(link)); }, fifo)
+                .find("which is a FIFO, not a regular file"),
+            std::string::npos);
+  if (fs::exists("/dev/zero")) {
+    EXPECT_EQ(
+        io_test::prompt_error_message([] { static_cast<void>(read_npy<float>("/dev/zero")); }),
+        "lowrank::io::read_npy: argument 'file' is \"/dev/zero\", which is a character "
+        "device, not a regular file; expected an existing, readable .npy file");
+  }
 }
 
 // ---------------------------------------------------------------------------------------

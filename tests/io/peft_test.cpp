@@ -6,6 +6,7 @@
 #include "lowrank/io/peft.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -24,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "io_test_support.hpp"
 #include "lowrank/io/npy.hpp"
 #include "lowrank/io/safetensors.hpp"
 
@@ -603,6 +605,43 @@ TEST(peft_read_error_test, files) {
   fs::remove(out.path() / "adapter_config.json");
   fs::create_directory(out.path() / "adapter_config.json");
   expect_read_error(out.path(), "whose adapter_config.json is not a regular file");
+}
+
+// Only regular files are read: a FIFO would block the reader forever and /dev/zero would be
+// read until memory runs out; both are refused at once.
+TEST(peft_read_error_test, special_files_are_refused_promptly) {
+  const bad_dir dir(config_json(), good_tensors());
+  const fs::path weights = dir.path() / "adapter_model.safetensors";
+  const fs::path config = dir.path() / "adapter_config.json";
+  const auto read = [&] { static_cast<void>(read_peft_adapter<float>(dir.path())); };
+  fs::rename(weights, dir.path() / "weights");
+  ASSERT_EQ(::mkfifo(weights.c_str(), 0600), 0);
+  std::string message = io_test::prompt_error_message(read, weights);
+  EXPECT_NE(message.find("whose adapter_model.safetensors is not a regular file"),
+            std::string::npos)
+      << message;
+  fs::remove(weights);
+  fs::create_symlink("/dev/zero", weights);
+  message = io_test::prompt_error_message(read);
+  EXPECT_NE(message.find("whose adapter_model.safetensors is not a regular file"),
+            std::string::npos)
+      << message;
+  fs::remove(weights);
+  fs::rename(dir.path() / "weights", weights);
+
+  fs::remove(config);
+  ASSERT_EQ(::mkfifo(config.c_str(), 0600), 0);
+  message = io_test::prompt_error_message(read, config);
+  EXPECT_NE(message.find("whose adapter_config.json is not a regular file (it is a FIFO)"),
+            std::string::npos)
+      << message;
+  fs::remove(config);
+  fs::create_symlink("/dev/zero", config);
+  message = io_test::prompt_error_message(read);
+  EXPECT_NE(
+      message.find("whose adapter_config.json is not a regular file (it is a character device)"),
+      std::string::npos)
+      << message;
 }
 
 TEST(peft_read_error_test, bad_json) {

@@ -6,6 +6,7 @@
 #include "lowrank/io/safetensors.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <Eigen/Core>
 #include <bit>
@@ -964,6 +965,24 @@ TEST_F(safetensors_file_test, missing_empty_and_directory_files_throw) {
               static_cast<void>(safetensors_file::read(dir_));
             }).find(", which is a directory"),
             std::string::npos);
+}
+
+// Only regular files are read: a FIFO would block the reader forever and /dev/zero would be
+// read until memory runs out; both are refused at once.
+TEST_F(safetensors_file_test, special_files_are_refused_promptly) {
+  const fs::path fifo = dir_ / "fifo.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(
+      io_test::prompt_error_message([&] { static_cast<void>(safetensors_file::read(fifo)); }, fifo),
+      "lowrank::io::safetensors_file::read: argument 'file' is \"" + fifo.string() +
+          "\", which is a FIFO, not a regular file; expected an existing, readable .safetensors "
+          "file");
+  if (fs::exists("/dev/zero")) {
+    EXPECT_NE(io_test::prompt_error_message([] {
+                static_cast<void>(safetensors_file::read("/dev/zero"));
+              }).find("\"/dev/zero\", which is a character device, not a regular file"),
+              std::string::npos);
+  }
 }
 
 }  // namespace

@@ -64,8 +64,6 @@
 #include <concepts>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -108,19 +106,30 @@ inline bool peft_fits(double x, dtype stored) {
   return false;
 }
 
+/// The largest adapter_config.json read (a real one is a few kilobytes; rank_pattern and
+/// alpha_pattern with a key per module of a large model, a few hundred).
+inline constexpr std::uintmax_t peft_max_config_size = 16 << 20;
+
+/// The text of `file`, a regular file in the adapter directory.
 inline std::string peft_read_text(const std::filesystem::path& file, const error_source& source) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(file, ec);
   const std::string name = file.filename().string();
   const std::string expected = "a directory with a readable " + name;
-  if (!std::filesystem::exists(status)) fail_with(source, "with no " + name, expected);
-  if (!std::filesystem::is_regular_file(status)) {
-    fail_with(source, "whose " + name + " is not a regular file", expected);
+  const file_contents contents = read_regular_file(file, peft_max_config_size);
+  switch (contents.error) {
+    case file_contents::problem::none:
+      break;
+    case file_contents::problem::missing:
+      fail_with(source, "with no " + name, expected);
+    case file_contents::problem::not_regular:
+      fail_with(source, "whose " + name + " is not a regular file (it is " + contents.detail + ")",
+                expected);
+    case file_contents::problem::too_large:
+      fail_with(source, "whose " + name + " is " + contents.detail + " bytes long",
+                "an " + name + " of at most " + std::to_string(peft_max_config_size) + " bytes");
+    default:
+      fail_with(source, "whose " + name + " cannot be read (" + contents.detail + ")", expected);
   }
-  std::ifstream in(file, std::ios::binary);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in && !in.eof()) fail_with(source, "whose " + name + " cannot be read", expected);
-  return text;
+  return {reinterpret_cast<const char*>(contents.bytes.data()), contents.bytes.size()};
 }
 
 }  // namespace detail
@@ -192,12 +201,18 @@ requires std::same_as<T, float> || std::same_as<T, double>
   const std::filesystem::path weights_path = dir / detail::peft_weights_name;
   {
     std::error_code ec;
-    if (!std::filesystem::exists(weights_path, ec)) {
+    const std::filesystem::file_status status = std::filesystem::status(weights_path, ec);
+    if (!std::filesystem::exists(status)) {
       const bool bin = std::filesystem::exists(dir / "adapter_model.bin", ec);
       fail(bin ? "with adapter_model.bin but no adapter_model.safetensors"
                : "with no adapter_model.safetensors",
            "a directory with adapter_model.safetensors (lowrank does not read pickled .bin "
            "files)");
+    }
+    // Checked again on the open file by the safetensors reader.
+    if (!std::filesystem::is_regular_file(status)) {
+      fail("whose adapter_model.safetensors is not a regular file",
+           "a directory with a readable adapter_model.safetensors");
     }
   }
   std::optional<safetensors_file> weights;
