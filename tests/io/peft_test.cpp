@@ -16,12 +16,15 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -508,6 +511,126 @@ TEST(peft_pattern_test, matches_as_peft_get_pattern_key) {
   EXPECT_NE(message.find("'q_proj['"), std::string::npos) << message;
 }
 
+// Python's `re` itself is the reference: tests/io/fixtures/peft_patterns.jsonl holds keys,
+// modules and what PEFT's re.match(rf"(.*\.)?({key})$", module) gives (match, no match, or
+// an error), made by tools/make_peft_pattern_fixtures.py from a grammar of the supported
+// syntax and from random characters.
+TEST(peft_pattern_test, matches_as_python_re) {
+  std::ifstream in(fs::path(LOWRANK_TEST_FIXTURE_DIR) / "peft_patterns.jsonl");
+  ASSERT_TRUE(in.good());
+  std::size_t cases = 0;
+  std::size_t unsupported = 0;
+  std::size_t matches = 0;
+  for (std::string line; std::getline(in, line);) {
+    const json c = json::parse(line);
+    const std::string key = c.at(0);
+    const std::string module = c.at(1);
+    const std::string expected = c.at(2);
+    SCOPED_TRACE(line);
+    ++cases;
+    std::string got;
+    try {
+      got = lowrank::io::detail::peft_regex(key).matches(module) ? "match" : "no match";
+    } catch (const lowrank::io::detail::peft_regex_error& e) {
+      if (e.unsupported) {
+        ++unsupported;
+        continue;
+      }
+      got = "error";
+    }
+    matches += got == "match" ? 1 : 0;
+    EXPECT_EQ(got, expected);
+  }
+  EXPECT_EQ(cases, 2500U);
+  EXPECT_LT(unsupported, 100U);  // backreferences, lookaround, possessive, \w on non-ASCII ...
+  EXPECT_GT(matches, 1000U);
+}
+
+// Runs f on another thread and gives it `limit`; false when it has not returned by then
+// (the thread is then left running: the test has failed anyway).
+template <class F>
+bool finishes_within(std::chrono::seconds limit, F f) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> finished = done->get_future();
+  std::thread([f, done] {
+    f();
+    done->set_value();
+  }).detach();
+  return finished.wait_for(limit) == std::future_status::ready;
+}
+
+// std::regex backtracks: "(a*)*b" takes exponential time, and a long name overflows its
+// stack. Matching is now linear in the name, names and keys are at most 4096 bytes, and the
+// syntax that needs backtracking (or that lowrank does not implement) is refused by name.
+TEST(peft_pattern_test, nested_quantifiers_long_names_and_unsupported_syntax) {
+  peft_config c;
+  c.rank_pattern = {{"(a*)*b", 2}, {"(x|y)*", 3}};
+  const std::string as = "m." + std::string(4000, 'a');
+  const std::string xs = "m." + std::string(4000, 'x');
+  lowrank::index_t a_rank = 0;
+  lowrank::index_t x_rank = 0;
+  EXPECT_TRUE(finishes_within(std::chrono::seconds(10), [c, as, xs, &a_rank, &x_rank] {
+    a_rank = lowrank::io::peft_rank(c, as);
+    x_rank = lowrank::io::peft_rank(c, xs);
+  }));
+  EXPECT_EQ(a_rank, 8);
+  EXPECT_EQ(x_rank, 3);
+  EXPECT_EQ(lowrank::io::peft_rank(c, "m." + std::string(4000, 'a') + "b"), 2);
+
+  const std::string longer = "m." + std::string(20000, 'x');
+  EXPECT_TRUE(finishes_within(std::chrono::seconds(10), [c, longer] {
+    const std::string message =
+        invalid_argument_message([&] { static_cast<void>(lowrank::io::peft_rank(c, longer)); });
+    EXPECT_EQ(message,
+              "lowrank::io::peft_rank: argument 'module' is a name of 20002 bytes; expected a "
+              "module name of at most 4096 bytes");
+  }));
+  c.rank_pattern = {{std::string(4097, 'q'), 2}};
+  EXPECT_NE(invalid_argument_message([&] {
+              static_cast<void>(lowrank::io::peft_rank(c, "q"));
+            }).find("rank_pattern with the key 'qqq"),
+            std::string::npos);
+
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"q(?=_proj)", "which uses a lookaround assertion at position 1"},
+      {"(?<!k)_proj", "which uses a lookaround assertion at position 0"},
+      {"(q)_\\1", "which uses a backreference at position 4"},
+      {"(?P<n>q)(?P=n)", "which uses a backreference (?P=...) at position 8"},
+      {"(?i)q_proj", "which uses the group extension (?i"},
+      {"q_proj*+", "which uses a possessive quantifier at position 7"},
+      {"\\bq_proj", "which uses the assertion \\b at position 0"},
+      {"q{1001}", "which uses a repeat count over 1000 at position 1"},
+      {"((((q{100}){100}){100}){100})", "instructions once compiled"},
+      {std::string(101, '(') + std::string(101, ')'), "groups nested more than 100 deep"},
+      {"q_proj{2,1}", "which is not a regular expression (min repeat greater than max repeat"},
+      {"*q", "which is not a regular expression (nothing to repeat at position 0)"},
+      {"q)", "which is not a regular expression (unbalanced parenthesis at position 1)"},
+      {"[q-a]", "which is not a regular expression (bad character range at position 1)"},
+      {"\\q", "which is not a regular expression (bad escape \\q at position 0)"},
+  };
+  for (const auto& [key, detail] : refused) {
+    SCOPED_TRACE(key);
+    c.rank_pattern = {{key, 2}};
+    const std::string message =
+        invalid_argument_message([&] { static_cast<void>(lowrank::io::peft_rank(c, "q_proj")); });
+    EXPECT_TRUE(
+        message.starts_with("lowrank::io::peft_rank: argument 'config' is a config with "
+                            "rank_pattern with the key '"))
+        << message;
+    EXPECT_NE(message.find(detail), std::string::npos) << message;
+  }
+
+  // \w is ASCII here and Unicode in Python: a non-ASCII name against it is refused.
+  c.rank_pattern = {{"\\w+_proj", 2}};
+  EXPECT_EQ(lowrank::io::peft_rank(c, "layers.0.q_proj"), 2);
+  EXPECT_NE(invalid_argument_message([&] {
+              static_cast<void>(lowrank::io::peft_rank(c, "layers.0.\xc3\xa9_proj"));
+            }).find("with a non-ASCII module name ('layers.0.\\xc3\\xa9_proj')"),
+            std::string::npos);
+  c.rank_pattern = {{"layers\\.0\\..*", 2}};  // no class escape: matched by code point
+  EXPECT_EQ(lowrank::io::peft_rank(c, "layers.0.\xc3\xa9_proj"), 2);
+}
+
 // The file's key order decides between two keys that match one module, as in PEFT, and
 // the writer keeps the order, so that what it writes means what the adapter says.
 TEST(peft_pattern_test, keeps_the_key_order_of_the_file) {
@@ -659,6 +782,53 @@ TEST(peft_read_error_test, bad_json) {
     lowrank::io::write_safetensors(out.path() / "adapter_model.safetensors", good_tensors());
     expect_read_error(out.path(), detail);
   }
+}
+
+// The reader copies and writes the config's unknown fields recursively: a config nested
+// deeper than 64 is refused before any of that (and before nlohmann's parser builds it).
+TEST(peft_read_error_test, deeply_nested_config) {
+  const auto nested = [](int depth) {
+    return std::string(static_cast<std::size_t>(depth), '[') +
+           std::string(static_cast<std::size_t>(depth), ']');
+  };
+  const auto with_field = [](const std::string& value) {
+    std::string text = config_json();
+    return text.substr(0, text.rfind('}')) + ", \"deep\": " + value + "}";
+  };
+  for (const int depth : {64, 100000}) {  // the root object, then these arrays
+    SCOPED_TRACE(depth);
+    const bad_dir dir(with_field(nested(depth)), good_tensors());
+    const bool done = finishes_within(std::chrono::seconds(10), [path = dir.path()] {
+      expect_read_error(path,
+                        "whose adapter_config.json nests objects and arrays more than 64 deep; "
+                        "expected an adapter_config.json nested at most 64 deep");
+    });
+    EXPECT_TRUE(done);
+  }
+  // 63 arrays in the root object: read, and written back the same.
+  const bad_dir fine(with_field(nested(63) + ", \"s\": \"[[[{{{\\\"\""), good_tensors());
+  const peft_adapter<double> adapter = read_peft_adapter<double>(fine.path());
+  EXPECT_EQ(adapter.config.extra.at("s"), "[[[{{{\"");
+  const scratch_dir out;
+  write_peft_adapter(out.path(), adapter);
+  EXPECT_EQ(read_peft_adapter<double>(out.path()).config.extra, adapter.config.extra);
+  // The writer refuses an extra nested deeper than a file may be.
+  peft_adapter<double> deep = small_adapter();
+  deep.config.extra["deep"] = json::parse(nested(64));
+  expect_write_error(out.path(), deep, "config.extra nesting objects and arrays more than 64 deep");
+}
+
+// A module name over 4096 bytes (std::regex overflowed its stack on long names) is refused.
+TEST(peft_read_error_test, long_module_name) {
+  const std::string module = "m." + std::string(20000, 'q');
+  const bad_dir dir(config_json({{"rank_pattern", {{"(q|x)*", 2}}}}),
+                    {tensor("base_model.model." + module + ".lora_A.weight", 2, 3),
+                     tensor("base_model.model." + module + ".lora_B.weight", 5, 2)});
+  EXPECT_TRUE(finishes_within(std::chrono::seconds(10), [path = dir.path()] {
+    expect_read_error(path,
+                      "whose module name is 20002 bytes long; expected module names of at most "
+                      "4096 bytes");
+  }));
 }
 
 TEST(peft_read_error_test, bad_config_fields) {

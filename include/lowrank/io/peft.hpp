@@ -27,12 +27,21 @@
 /// itself writes them sorted) and the first key K for which the Python regular expression
 /// `re.match(rf"(.*\.)?({K})$", module)` matches wins, so "v_proj" matches
 /// "layers.0.v_proj" but not "layers.0.xv_proj", and keys are regular expressions ("." is
-/// any character). lowrank matches with std::regex (ECMAScript), which agrees with Python's
-/// `re` on the syntax such keys use (literals, `.`, `*`, `+`, `?`, `[...]`, `|`, groups,
-/// `\d`, `\w`); a key std::regex cannot parse is an error. The scaling is
-/// s = alpha / r, or alpha / sqrt(r) with use_rslora (PEFT's `LoraLayer.update_layer`).
+/// any character). lowrank matches with its own matcher (lowrank/io/detail/peft_regex.hpp:
+/// a Pike VM, no backtracking, time O(key x name)) for the subset of Python's `re` that
+/// such keys use: characters, `.`, classes `[...]` (ranges, negation), escapes (`\.`, `\d`,
+/// `\w`, `\s` and their negations, ASCII), groups `(...)`, `(?:...)`, `(?P<name>...)`,
+/// `|`, `* + ? {m} {m,n}` (greedy or lazy) and `^ $`. A key that is not a regular expression
+/// on its own, or uses anything else (backreferences, lookaround, flags, ...), is an error
+/// naming the key and the position, never approximated; so is a key or a module name over
+/// 4096 bytes. The scaling is s = alpha / r, or alpha / sqrt(r) with use_rslora (PEFT's
+/// `LoraLayer.update_layer`).
 ///
 /// What is checked (stricter than PEFT, which mostly loads what it can and warns):
+/// - both files are regular files (a FIFO, a device or a directory is refused before it is
+///   read; symbolic links to regular files are followed); adapter_config.json is at most
+///   16 MiB and nests objects and arrays at most 64 deep, checked on its text before it is
+///   parsed;
 /// - adapter_config.json is a JSON object with "peft_type": "LORA"; "r" (default 8) and the
 ///   rank_pattern values are JSON integers >= 1; "lora_alpha" (default 8) and the
 ///   alpha_pattern values finite numbers; "lora_dropout" (default 0) a number in [0, 1];
@@ -132,14 +141,26 @@ inline std::string peft_read_text(const std::filesystem::path& file, const error
   return {reinterpret_cast<const char*>(contents.bytes.data()), contents.bytes.size()};
 }
 
+/// Fails for a `module` argument longer than peft_max_name.
+inline void peft_check_module_length(std::string_view function, const std::string& module) {
+  if (module.size() > peft_max_name) {
+    lowrank::detail::throw_invalid_argument(
+        function, "module", "a name of " + std::to_string(module.size()) + " bytes",
+        "a module name of at most " + std::to_string(peft_max_name) + " bytes");
+  }
+}
+
 }  // namespace detail
 
 /// The rank PEFT gives `module` under `config`: the value of the first rank_pattern key
 /// that matches (PEFT's get_pattern_key; see the file comment), else `config.r`.
 ///
-/// @throws lowrank::invalid_argument (function `lowrank::io::peft_rank`, argument `config`)
-///   when a rank_pattern or alpha_pattern key is not a regular expression or appears twice.
+/// @throws lowrank::invalid_argument (function `lowrank::io::peft_rank`), argument `config`
+///   when a rank_pattern or alpha_pattern key is not a regular expression in the supported
+///   subset (lowrank/io/detail/peft_regex.hpp), is longer than 4096 bytes or appears twice;
+///   argument `module` when it is longer than 4096 bytes.
 [[nodiscard]] inline index_t peft_rank(const peft_config& config, const std::string& module) {
+  detail::peft_check_module_length("lowrank::io::peft_rank", module);
   detail::peft_resolver resolver(config, {"lowrank::io::peft_rank", "config", "a config", "with "});
   return resolver.rank(module);
 }
@@ -147,9 +168,9 @@ inline std::string peft_read_text(const std::filesystem::path& file, const error
 /// The alpha PEFT gives `module` under `config`: the value of the first alpha_pattern key
 /// that matches, else `config.lora_alpha`.
 ///
-/// @throws lowrank::invalid_argument (function `lowrank::io::peft_alpha`, argument `config`)
-///   when a rank_pattern or alpha_pattern key is not a regular expression or appears twice.
+/// @throws lowrank::invalid_argument (function `lowrank::io::peft_alpha`), as peft_rank.
 [[nodiscard]] inline double peft_alpha(const peft_config& config, const std::string& module) {
+  detail::peft_check_module_length("lowrank::io::peft_alpha", module);
   detail::peft_resolver resolver(config,
                                  {"lowrank::io::peft_alpha", "config", "a config", "with "});
   return resolver.alpha(module);
@@ -250,6 +271,10 @@ requires std::same_as<T, float> || std::same_as<T, double>
       if (suffix == detail::peft_suffix_m && !config.use_dora) break;
       module = rest.substr(0, rest.size() - suffix.size());
       if (!detail::peft_valid_module_name(module)) break;
+      if (module.size() > detail::peft_max_name) {
+        fail(stray + ", whose module name is " + std::to_string(module.size()) + " bytes long",
+             "module names of at most " + std::to_string(detail::peft_max_name) + " bytes");
+      }
       entry = &grouped[std::string(module)];
       slot = suffix == detail::peft_suffix_a   ? &entry->a
              : suffix == detail::peft_suffix_b ? &entry->b
@@ -378,6 +403,10 @@ void write_peft_adapter(const std::filesystem::path& dir, const peft_adapter<T>&
     const std::string quoted = "the module " + detail::safetensors_quote(m.name);
     if (!detail::peft_valid_module_name(m.name)) {
       fail(quoted + " as a name", "module paths of non-empty dot-separated components");
+    }
+    if (m.name.size() > detail::peft_max_name) {
+      fail(quoted + ", a name of " + std::to_string(m.name.size()) + " bytes",
+           "module names of at most " + std::to_string(detail::peft_max_name) + " bytes");
     }
     if (k > 0 && order[k - 1]->name == m.name) fail(quoted + " twice", "distinct module names");
     const index_t rank = resolver.rank(m.name);

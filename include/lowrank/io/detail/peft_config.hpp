@@ -30,6 +30,55 @@ using peft_ordered_json = nlohmann::ordered_json;
 
 inline constexpr std::string_view peft_config_name = "adapter_config.json";
 
+/// The longest module name and pattern key, in bytes (a real one is under 200).
+inline constexpr std::size_t peft_max_name = 4096;
+
+/// The deepest nesting of objects and arrays in adapter_config.json (PEFT's own fields nest 3
+/// deep): the document is copied and written recursively, so deeper ones are refused first.
+inline constexpr int peft_max_depth = 64;
+
+/// Whether JSON text nests objects and arrays deeper than `limit`, counted on the text
+/// (strings skipped) before any parser recurses or builds anything. Text that is not JSON
+/// is the parser's to reject.
+inline bool peft_text_nests_deeper(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
+
+/// Whether a JSON value nests objects and arrays deeper than `limit` (itself at depth 1),
+/// walked without recursion.
+template <class Json>
+bool peft_value_nests_deeper(const Json& value, int limit) {
+  std::vector<std::pair<const Json*, int>> pending{{&value, 1}};
+  while (!pending.empty()) {
+    const auto [v, depth] = pending.back();
+    pending.pop_back();
+    if (!v->is_structured()) continue;
+    if (depth > limit) return true;
+    for (const Json& child : *v) pending.emplace_back(&child, depth + 1);
+  }
+  return false;
+}
+
 /// Throws lowrank::invalid_argument for `function` and `argument` with the value
 /// "<subject> <context><found>" (no space before a `found` that starts with ','), like
 /// fail_with, but as a type whose call operator is [[noreturn]].
@@ -105,6 +154,11 @@ inline void peft_check_config(const peft_config& config, const peft_failure& fai
     if (target.empty()) fail("target_modules with an empty name", "non-empty names");
   }
   if (config.extra.is_null()) return;
+  // extra is the root object of the file, less peft_config's own fields.
+  if (peft_value_nests_deeper(config.extra, peft_max_depth)) {
+    fail("extra nesting objects and arrays more than " + std::to_string(peft_max_depth) + " deep",
+         "an adapter_config.json nested at most " + std::to_string(peft_max_depth) + " deep");
+  }
   if (!config.extra.is_object()) {
     fail("extra " + peft_json_text(config.extra), "a JSON object (or null)");
   }
@@ -169,6 +223,12 @@ inline peft_config peft_parse_config(const std::string& text, const peft_failure
     }
     return true;
   };
+  if (peft_text_nests_deeper(text, peft_max_depth)) {
+    fail(std::string("whose ") + std::string(peft_config_name) +
+             " nests objects and arrays more than " + std::to_string(peft_max_depth) + " deep",
+         "an adapter_config.json nested at most " + std::to_string(peft_max_depth) +
+             " deep (PEFT's LoraConfig nests 3)");
+  }
   peft_ordered_json doc;
   try {
     doc = peft_ordered_json::parse(text, unique_keys);
