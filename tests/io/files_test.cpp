@@ -5,7 +5,6 @@
 // any step (or a full disk) leaves the previous file as it was, with no temporary behind.
 
 #include <gtest/gtest.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -275,27 +274,8 @@ TEST_F(files_test, a_failure_at_any_step_keeps_the_previous_file) {
   }
 }
 
-// A tmpfs mounted for the duration of a scope (root or CAP_SYS_ADMIN only).
-class tmpfs_mount {
- public:
-  tmpfs_mount(const fs::path& at, const char* options) : at_(at) {
-    fs::create_directories(at);
-    mounted_ = ::mount("tmpfs", at.c_str(), "tmpfs", 0, options) == 0;
-  }
-  tmpfs_mount(const tmpfs_mount&) = delete;
-  tmpfs_mount& operator=(const tmpfs_mount&) = delete;
-  ~tmpfs_mount() {
-    if (mounted_) ::umount2(at_.c_str(), MNT_DETACH);
-  }
-  [[nodiscard]] bool mounted() const { return mounted_; }
-
- private:
-  fs::path at_;
-  bool mounted_ = false;
-};
-
 TEST_F(files_test, a_full_disk_keeps_the_previous_file) {
-  const tmpfs_mount disk(dir_ / "disk", "size=64k");
+  const io_test::tmpfs_mount disk(dir_ / "disk", "size=64k");
   if (!disk.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (not root?)";
   for (const writer& w : writers) {
     SCOPED_TRACE(w.name);

@@ -8,6 +8,7 @@
 // GoogleTest helpers are defined only when <gtest/gtest.h> was included first.
 
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -200,6 +201,25 @@ std::string prompt_error_message(F&& f, const std::filesystem::path& fifo = {},
   }
   return {};
 }
+
+// A tmpfs mounted for the duration of a scope (root or CAP_SYS_ADMIN only).
+class tmpfs_mount {
+ public:
+  tmpfs_mount(const std::filesystem::path& at, const char* options) : at_(at) {
+    std::filesystem::create_directories(at);
+    mounted_ = ::mount("tmpfs", at.c_str(), "tmpfs", 0, options) == 0;
+  }
+  tmpfs_mount(const tmpfs_mount&) = delete;
+  tmpfs_mount& operator=(const tmpfs_mount&) = delete;
+  ~tmpfs_mount() {
+    if (mounted_) ::umount2(at_.c_str(), MNT_DETACH);
+  }
+  [[nodiscard]] bool mounted() const { return mounted_; }
+
+ private:
+  std::filesystem::path at_;
+  bool mounted_ = false;
+};
 
 // A fresh directory per test, "<prefix><test name>_<random>" in the temporary directory
 // ('/' in the name, as in typed and parameterized tests, becomes '_'), removed afterwards.

@@ -19,6 +19,7 @@
 #include <future>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -1089,8 +1090,8 @@ TEST(peft_write_error_test, directory) {
   EXPECT_NE(message.find("which is not a directory and cannot be created"), std::string::npos)
       << message;
 
-  // The weights cannot replace a directory of that name: the error names both functions,
-  // and the config (written first to a temporary) is not replaced either.
+  // A directory where the weights go is refused before anything is written, and the
+  // config is not replaced either.
   const fs::path dir = out.path() / "adapter";
   write_peft_adapter(dir, small_adapter(true));
   const std::string config_before = read_text(dir / "adapter_config.json");
@@ -1100,12 +1101,234 @@ TEST(peft_write_error_test, directory) {
   const std::string failed =
       invalid_argument_message([&] { write_peft_adapter(dir, small_adapter(false)); });
   EXPECT_TRUE(failed.starts_with(std::string(write_function) + ": argument 'dir' is ")) << failed;
-  EXPECT_NE(
-      failed.find("adapter_model.safetensors cannot be written (lowrank::io::write_safetensors"),
-      std::string::npos)
+  EXPECT_NE(failed.find("whose adapter_model.safetensors is a directory, not a regular file"),
+            std::string::npos)
       << failed;
   EXPECT_EQ(read_text(dir / "adapter_config.json"), config_before);
   EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 2);
+}
+
+// --------------------------------------------------------------- all-or-nothing updates
+
+// Everything under `dir`: each entry (relative path) with its kind, mode and bytes or link
+// target, and "." with the directory's mode; empty when `dir` does not exist.
+std::map<std::string, std::string> state_of(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) return out;
+  out["."] = std::to_string(st.st_mode);
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator();
+       ++it) {
+    const fs::path path = it->path();
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0);
+    std::string value = std::to_string(st.st_mode) + ":";
+    if (S_ISLNK(st.st_mode)) value += fs::read_symlink(path).string();
+    if (S_ISREG(st.st_mode)) value += read_text(path);
+    out[fs::relative(path, dir).string()] = value;
+  }
+  return out;
+}
+
+std::vector<std::string> names_in(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    out.push_back(entry.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The old bug without a hook: the config cannot be replaced (a directory is in its place),
+// and the weights must not have been replaced either.
+TEST(peft_update_test, a_config_that_cannot_be_replaced_changes_nothing) {
+  const scratch_dir out;
+  const fs::path dir = out.path() / "adapter";
+  write_peft_adapter(dir, small_adapter(false));
+  fs::remove(dir / "adapter_config.json");
+  fs::create_directories(dir / "adapter_config.json" / "inside");
+  const auto before = state_of(dir);
+  const std::string message =
+      invalid_argument_message([&] { write_peft_adapter(dir, small_adapter(true)); });
+  EXPECT_NE(message.find("whose adapter_config.json is a directory, not a regular file"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(state_of(dir), before);
+  EXPECT_EQ(names_in(out.path()), std::vector<std::string>{"adapter"});
+}
+
+// The three routes of an update (a new directory, an exchange, in place), each with a
+// failure injected at every step in turn (the test hooks of lowrank/io/detail/files.hpp):
+// a write that throws leaves the directory as it was, unless its message says that the
+// update was made and only a sync failed; one that returns (a route that fell back to
+// another) made the whole update. Nothing is left behind either way.
+TEST(peft_update_test, a_failure_at_any_step_changes_nothing) {
+  struct route {
+    std::string name;
+    std::function<void(const fs::path&)> setup;  // of the directory `dir`
+    std::string expected_call;
+  };
+  const std::vector<route> routes = {
+      {"new directory", [](const fs::path&) {}, "mkdir"},
+      {"exchange",
+       [](const fs::path& dir) {
+         write_peft_adapter(dir, small_adapter(false));
+         write_text(dir / "README.md", "kept");
+         fs::permissions(dir / "README.md", fs::perms(0600));
+         fs::permissions(dir / "adapter_config.json", fs::perms(0640));
+         fs::permissions(dir, fs::perms(0750));
+       },
+       "exchange"},
+      {"in place",
+       [](const fs::path& dir) {
+         write_peft_adapter(dir, small_adapter(false));
+         fs::create_directories(dir / "npy");
+         write_text(dir / "npy" / "a.npy", "kept");
+         fs::permissions(dir / "adapter_model.safetensors", fs::perms(0600));
+       },
+       "link"},
+  };
+  auto& hooks = lowrank::io::detail::test_hooks();
+  for (const route& r : routes) {
+    SCOPED_TRACE(r.name);
+    // A successful update: its steps, and what it makes.
+    std::vector<std::string> calls;
+    std::map<std::string, std::string> after;
+    {
+      const scratch_dir out;
+      const fs::path dir = out.path() / "p" / "adapter";
+      fs::create_directories(out.path() / "p");
+      r.setup(dir);
+      hooks.fail = [&](std::string_view call, const fs::path&) {
+        calls.emplace_back(call);
+        return 0;
+      };
+      write_peft_adapter(dir, small_adapter(true));
+      hooks = {};
+      after = state_of(dir);
+      EXPECT_EQ(names_in(out.path() / "p"), std::vector<std::string>{"adapter"});
+    }
+    ASSERT_NE(std::find(calls.begin(), calls.end(), r.expected_call), calls.end());
+    std::size_t threw = 0;
+    for (std::size_t k = 0; k < calls.size(); ++k) {
+      SCOPED_TRACE("failing step " + std::to_string(k) + " (" + calls[k] + ")");
+      const scratch_dir out;
+      const fs::path dir = out.path() / "p" / "adapter";
+      fs::create_directories(out.path() / "p");
+      r.setup(dir);
+      const auto before = state_of(dir);
+      hooks.fail = [k, n = std::size_t{0}](std::string_view, const fs::path&) mutable {
+        return n++ == k ? EIO : 0;
+      };
+      std::string message;
+      try {
+        write_peft_adapter(dir, small_adapter(true));
+      } catch (const lowrank::invalid_argument& e) {
+        message = e.what();
+      }
+      hooks = {};
+      if (message.empty()) {
+        EXPECT_EQ(state_of(dir), after);
+      } else {
+        ++threw;
+        EXPECT_TRUE(message.starts_with(std::string(write_function) + ": argument 'dir' is "))
+            << message;
+        EXPECT_NE(message.find("(Input/output error)"), std::string::npos) << message;
+        const bool made = message.find(", but whose") != std::string::npos;
+        EXPECT_EQ(state_of(dir), made ? after : before) << message;
+      }
+      EXPECT_EQ(names_in(out.path() / "p"), state_of(dir).empty()
+                                                ? std::vector<std::string>{}
+                                                : std::vector<std::string>{"adapter"});
+    }
+    EXPECT_GT(threw, calls.size() / 2);
+  }
+}
+
+// A rename that fails: the exchange is not available (EXDEV: the file system cannot), and
+// of the renames in place the second (the config's, after the weights') fails; the weights
+// are put back.
+TEST(peft_update_test, a_rename_that_fails_changes_nothing) {
+  const scratch_dir out;
+  const fs::path dir = out.path() / "adapter";
+  write_peft_adapter(dir, small_adapter(false));
+  const auto before = state_of(dir);
+  std::vector<std::string> renamed;  // in `dir`
+  lowrank::io::detail::test_hooks().fail = [&](std::string_view call, const fs::path& path) {
+    if (call == "exchange") return EXDEV;
+    if (call != "rename" || path.parent_path() != dir) return 0;
+    renamed.push_back(path.filename().string());
+    return renamed.size() == 2 ? EIO : 0;
+  };
+  const std::string message =
+      invalid_argument_message([&] { write_peft_adapter(dir, small_adapter(true)); });
+  lowrank::io::detail::test_hooks() = {};
+  ASSERT_EQ(renamed.size(), 2U);
+  EXPECT_TRUE(renamed[0].starts_with("adapter_model.safetensors.")) << renamed[0];
+  EXPECT_TRUE(renamed[1].starts_with("adapter_config.json.")) << renamed[1];
+  EXPECT_NE(message.find(", whose adapter_config.json cannot be replaced by the written file "
+                         "(Input/output error); expected"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(state_of(dir), before);
+  EXPECT_EQ(names_in(out.path()), std::vector<std::string>{"adapter"});
+}
+
+// A full disk (a small tmpfs): the new config does not fit, on either route.
+TEST(peft_update_test, a_full_disk_changes_nothing) {
+  const scratch_dir out;
+  const io_test::tmpfs_mount disk(out.path() / "disk", "size=128k");
+  if (!disk.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (not root?)";
+  peft_adapter<double> big = small_adapter(true);
+  big.config.extra["blob"] = std::string(200000, 'x');
+  for (const bool subdirectory : {false, true}) {
+    SCOPED_TRACE(subdirectory ? "in place" : "exchange");
+    const fs::path dir = out.path() / "disk" / "adapter";
+    write_peft_adapter(dir, small_adapter(false));
+    if (subdirectory) fs::create_directories(dir / "sub");
+    const auto before = state_of(dir);
+    const std::string message = invalid_argument_message([&] { write_peft_adapter(dir, big); });
+    EXPECT_NE(message.find("(No space left on device)"), std::string::npos) << message;
+    EXPECT_EQ(state_of(dir), before);
+    EXPECT_EQ(names_in(out.path() / "disk"), std::vector<std::string>{"adapter"});
+    fs::remove_all(dir);
+  }
+}
+
+// Other files are kept (as the same files), the directory keeps its mode, and symbolic links
+// are written through: at the directory, and at a file (which takes the in-place route).
+TEST(peft_update_test, keeps_other_files_modes_and_links) {
+  const scratch_dir out;
+  const fs::path real = out.path() / "real";
+  write_peft_adapter(real, small_adapter(false));
+  write_text(real / "README.md", "kept");
+  fs::permissions(real, fs::perms(0750));
+  fs::permissions(real / "adapter_config.json", fs::perms(0600));
+  struct stat st {};
+  ASSERT_EQ(::stat((real / "README.md").c_str(), &st), 0);
+  const ino_t readme = st.st_ino;
+  fs::create_directory_symlink("real", out.path() / "link");
+  write_peft_adapter(out.path() / "link", small_adapter(true));
+  EXPECT_TRUE(fs::is_symlink(out.path() / "link"));
+  EXPECT_TRUE(read_peft_adapter<double>(real).config.use_dora);
+  EXPECT_EQ(read_text(real / "README.md"), "kept");
+  ASSERT_EQ(::stat((real / "README.md").c_str(), &st), 0);
+  EXPECT_EQ(st.st_ino, readme);
+  EXPECT_EQ(fs::status(real).permissions(), fs::perms(0750));
+  EXPECT_EQ(fs::status(real / "adapter_config.json").permissions(), fs::perms(0600));
+  EXPECT_EQ(names_in(real), (std::vector<std::string>{"README.md", "adapter_config.json",
+                                                      "adapter_model.safetensors"}));
+  EXPECT_EQ(names_in(out.path()), (std::vector<std::string>{"link", "real"}));
+
+  fs::create_directory(out.path() / "shared");
+  fs::rename(real / "adapter_config.json", out.path() / "shared" / "config.json");
+  fs::create_symlink("../shared/config.json", real / "adapter_config.json");
+  write_peft_adapter(real, small_adapter(false));
+  EXPECT_TRUE(fs::is_symlink(real / "adapter_config.json"));
+  EXPECT_FALSE(read_peft_adapter<double>(real).config.use_dora);
+  EXPECT_EQ(fs::status(out.path() / "shared" / "config.json").permissions(), fs::perms(0600));
+  EXPECT_EQ(names_in(out.path() / "shared"), std::vector<std::string>{"config.json"});
+  EXPECT_EQ(names_in(real), (std::vector<std::string>{"README.md", "adapter_config.json",
+                                                      "adapter_model.safetensors"}));
 }
 
 }  // namespace

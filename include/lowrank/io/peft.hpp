@@ -83,6 +83,7 @@
 
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix_view.hpp"
+#include "lowrank/io/detail/directory_update.hpp"
 #include "lowrank/io/detail/files.hpp"
 #include "lowrank/io/detail/half.hpp"
 #include "lowrank/io/detail/peft_config.hpp"
@@ -358,8 +359,16 @@ requires std::same_as<T, float> || std::same_as<T, double>
 /// adapter_model.safetensors with every factor stored as `stored` (values rounded once to
 /// nearest even), the modules in name order. `dir` is created if missing.
 ///
-/// Each file is written to a temporary in `dir` and renamed over its target once both are
-/// written, the weights first: a failure before the renames leaves the directory as it was.
+/// The update is all-or-nothing (lowrank/io/detail/directory_update.hpp): both files are
+/// written and synced before either replaces anything, then a new `dir` is renamed into
+/// place, or (when `dir` holds regular files only) exchanged with the old one in one
+/// renameat2(RENAME_EXCHANGE), or (otherwise: subdirectories, a mount point, a file system
+/// without the exchange) the two files are renamed in place with hard-link backups that
+/// put the first back if the second rename fails. After a failure `dir` is as it was (both
+/// files' bytes and modes), with no temporary behind; other files in `dir` are kept.
+/// Symbolic links at `dir` or at its files are written through; a file that replaces
+/// another keeps its mode. Only the exchange and the new directory are atomic against a
+/// crash.
 ///
 /// @throws lowrank::invalid_argument (function `lowrank::io::write_peft_adapter`)
 ///   - argument `adapter`: a config that breaks the rules of the file comment (r, alpha,
@@ -371,7 +380,8 @@ requires std::same_as<T, float> || std::same_as<T, double>
 ///     matches no module;
 ///   - argument `stored`: not a dtype enumerator, or a value that overflows it (e.g. over
 ///     65504 in F16);
-///   - argument `dir`: not a directory or not writable, or a failed write or rename.
+///   - argument `dir`: not a directory or not writable, adapter_config.json or
+///     adapter_model.safetensors there not a regular file, or a failed write or rename.
 /// @throws lowrank::numerical_error (argument `adapter`) when a value is not finite.
 template <class T>
 requires std::same_as<T, float> || std::same_as<T, double>
@@ -478,26 +488,20 @@ void write_peft_adapter(const std::filesystem::path& dir, const peft_adapter<T>&
          "valid UTF-8 strings");
   }
 
-  const detail::error_source source{function, "dir", detail::quote_path(dir)};
-  {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (!std::filesystem::is_directory(dir, ec)) {
-      detail::fail_with(source, ", which is not a directory and cannot be created",
-                        "a directory path");
-    }
-  }
-  detail::temporary_file config_file(dir / detail::peft_config_name, source);
-  config_file.write(json.data(), json.size());
+  detail::safetensors_layout layout;
   try {
-    write_safetensors(dir / detail::peft_weights_name, tensors, {{"format", "pt"}});
+    layout = detail::safetensors_plan(tensors, {{"format", "pt"}});
   } catch (const lowrank::invalid_argument& e) {
-    detail::fail_with(
-        source,
-        std::string(", whose adapter_model.safetensors cannot be written (") + e.what() + ")",
-        "a writable directory");
+    fail(std::string("tensors that one safetensors file cannot hold (") + e.what() + ")",
+         "an adapter whose safetensors header fits in 100000000 bytes");
   }
-  config_file.commit();
+  detail::update_directory(
+      dir,
+      {{std::string(detail::peft_weights_name),
+        [&](detail::temporary_file& out) { detail::safetensors_emit(out, layout, tensors); }},
+       {std::string(detail::peft_config_name),
+        [&](detail::temporary_file& out) { out.write(json.data(), json.size()); }}},
+      {function, "dir", detail::quote_path(dir)});
 }
 
 }  // namespace lowrank::io

@@ -368,6 +368,137 @@ struct tensor_to_write {
   bool vector_shape = false;
 };
 
+namespace detail {
+
+/// The header of a safetensors file of `tensors` and `metadata`, and the order in which
+/// their data follows it (see write_safetensors).
+struct safetensors_layout {
+  std::string header;
+  std::vector<std::size_t> order;
+};
+
+/// Checks the tensors and metadata of write_safetensors and lays out the file.
+inline safetensors_layout safetensors_plan(const std::vector<tensor_to_write>& tensors,
+                                           const std::map<std::string, std::string>& metadata) {
+  constexpr std::string_view function = "lowrank::io::write_safetensors";
+  const std::string list = "a list of " + std::to_string(tensors.size()) + " tensors";
+  std::set<std::string_view> names;
+  for (const tensor_to_write& t : tensors) {
+    const std::string tensor = list + " with the tensor " + safetensors_quote(t.name);
+    if (t.name == safetensors_metadata_key) {
+      lowrank::detail::throw_invalid_argument(function, "tensors", tensor,
+                                              "names other than '__metadata__' (the header's "
+                                              "metadata key)");
+    }
+    if (!names.insert(t.name).second) {
+      lowrank::detail::throw_invalid_argument(function, "tensors", tensor + " twice",
+                                              "distinct tensor names");
+    }
+    if (!safetensors_known(t.type)) {
+      lowrank::detail::throw_invalid_argument(
+          function, "tensors", tensor + " of dtype " + std::to_string(static_cast<int>(t.type)),
+          "dtype::float32, float16, bfloat16 or float64");
+    }
+    if (t.vector_shape && t.values.cols() != 1) {
+      lowrank::detail::throw_invalid_argument(function, "tensors",
+                                              tensor + " of " + std::to_string(t.values.rows()) +
+                                                  " x " + std::to_string(t.values.cols()) +
+                                                  " values with vector_shape = true",
+                                              "an n x 1 matrix for a tensor of shape [n]");
+    }
+  }
+
+  std::vector<std::size_t> order(tensors.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return safetensors_itemsize(tensors[a].type) > safetensors_itemsize(tensors[b].type);
+  });
+
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += "\"__metadata__\":{";
+    bool first = true;
+    for (const auto& [key, value] : metadata) {
+      if (!first) header += ',';
+      first = false;
+      header += safetensors_json_string(key, function, "metadata", "a map with the key");
+      header += ':';
+      header += safetensors_json_string(value, function, "metadata", "a map with the value");
+    }
+    header += '}';
+  }
+  std::size_t offset = 0;
+  for (const std::size_t k : order) {
+    const tensor_to_write& t = tensors[k];
+    const std::size_t bytes =
+        static_cast<std::size_t>(t.values.size()) * safetensors_itemsize(t.type);
+    if (header.size() > 1) header += ',';
+    header += safetensors_json_string(t.name, function, "tensors", list + " with the tensor name");
+    header += ":{\"dtype\":\"" + std::string(name(t.type)) + "\",\"shape\":[" +
+              std::to_string(t.values.rows());
+    if (!t.vector_shape) header += "," + std::to_string(t.values.cols());
+    header += "],\"data_offsets\":[" + std::to_string(offset) + "," +
+              std::to_string(offset + bytes) + "]}";
+    offset += bytes;
+  }
+  header += '}';
+  header.append((8 - header.size() % 8) % 8, ' ');
+  if (header.size() > safetensors_max_header) {
+    lowrank::detail::throw_invalid_argument(
+        function, "tensors",
+        list + " whose header would be " + std::to_string(header.size()) + " bytes",
+        "a header of at most " + std::to_string(safetensors_max_header) +
+            " bytes (the safetensors limit)");
+  }
+
+  return {std::move(header), std::move(order)};
+}
+
+/// Writes the file laid out by safetensors_plan to `out` (with write(const char*, size)).
+template <class Out>
+void safetensors_emit(Out& out, const safetensors_layout& layout,
+                      const std::vector<tensor_to_write>& tensors) {
+  const std::string& header = layout.header;
+  const std::vector<std::size_t>& order = layout.order;
+  std::vector<char> chunk;
+  constexpr std::size_t chunk_size = 1 << 16;
+  chunk.reserve(chunk_size + 8);
+  safetensors_append_le<8>(chunk, header.size());
+  out.write(chunk.data(), chunk.size());
+  out.write(header.data(), header.size());
+  chunk.clear();
+  for (const std::size_t k : order) {
+    const tensor_to_write& t = tensors[k];
+    // Row-major: element (i, j) at i * cols + j.
+    for (Eigen::Index i = 0; i < t.values.rows(); ++i) {
+      for (Eigen::Index j = 0; j < t.values.cols(); ++j) {
+        const double x = t.values(i, j);
+        switch (t.type) {
+          case dtype::float32:
+            safetensors_append_le<4>(chunk, std::bit_cast<std::uint32_t>(static_cast<float>(x)));
+            break;
+          case dtype::float64:
+            safetensors_append_le<8>(chunk, std::bit_cast<std::uint64_t>(x));
+            break;
+          case dtype::float16:
+            safetensors_append_le<2>(chunk, double_to_half(x));
+            break;
+          case dtype::bfloat16:
+            safetensors_append_le<2>(chunk, double_to_bfloat16(x));
+            break;
+        }
+        if (chunk.size() >= chunk_size) {
+          out.write(chunk.data(), chunk.size());
+          chunk.clear();
+        }
+      }
+    }
+  }
+  out.write(chunk.data(), chunk.size());
+}
+
+}  // namespace detail
+
 /// Writes tensors and optional metadata as a safetensors file.
 ///
 /// Layout: the header is compact JSON, `"__metadata__"` first when `metadata` is not empty,
@@ -392,121 +523,13 @@ struct tensor_to_write {
 inline void write_safetensors(const std::filesystem::path& file,
                               const std::vector<tensor_to_write>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
-  constexpr std::string_view function = "lowrank::io::write_safetensors";
-  const detail::error_source source{function, "file", detail::quote_path(file)};
+  const detail::error_source source{"lowrank::io::write_safetensors", "file",
+                                    detail::quote_path(file)};
   if (!file.has_filename())
     detail::fail_with(source, ", which has no file name", "a path to a file");
-
-  const std::string list = "a list of " + std::to_string(tensors.size()) + " tensors";
-  std::set<std::string_view> names;
-  for (const tensor_to_write& t : tensors) {
-    const std::string tensor = list + " with the tensor " + detail::safetensors_quote(t.name);
-    if (t.name == detail::safetensors_metadata_key) {
-      lowrank::detail::throw_invalid_argument(function, "tensors", tensor,
-                                              "names other than '__metadata__' (the header's "
-                                              "metadata key)");
-    }
-    if (!names.insert(t.name).second) {
-      lowrank::detail::throw_invalid_argument(function, "tensors", tensor + " twice",
-                                              "distinct tensor names");
-    }
-    if (!detail::safetensors_known(t.type)) {
-      lowrank::detail::throw_invalid_argument(
-          function, "tensors", tensor + " of dtype " + std::to_string(static_cast<int>(t.type)),
-          "dtype::float32, float16, bfloat16 or float64");
-    }
-    if (t.vector_shape && t.values.cols() != 1) {
-      lowrank::detail::throw_invalid_argument(function, "tensors",
-                                              tensor + " of " + std::to_string(t.values.rows()) +
-                                                  " x " + std::to_string(t.values.cols()) +
-                                                  " values with vector_shape = true",
-                                              "an n x 1 matrix for a tensor of shape [n]");
-    }
-  }
-
-  std::vector<std::size_t> order(tensors.size());
-  std::iota(order.begin(), order.end(), std::size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return detail::safetensors_itemsize(tensors[a].type) >
-           detail::safetensors_itemsize(tensors[b].type);
-  });
-
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    bool first = true;
-    for (const auto& [key, value] : metadata) {
-      if (!first) header += ',';
-      first = false;
-      header += detail::safetensors_json_string(key, function, "metadata", "a map with the key");
-      header += ':';
-      header +=
-          detail::safetensors_json_string(value, function, "metadata", "a map with the value");
-    }
-    header += '}';
-  }
-  std::size_t offset = 0;
-  for (const std::size_t k : order) {
-    const tensor_to_write& t = tensors[k];
-    const std::size_t bytes =
-        static_cast<std::size_t>(t.values.size()) * detail::safetensors_itemsize(t.type);
-    if (header.size() > 1) header += ',';
-    header += detail::safetensors_json_string(t.name, function, "tensors",
-                                              list + " with the tensor name");
-    header += ":{\"dtype\":\"" + std::string(name(t.type)) + "\",\"shape\":[" +
-              std::to_string(t.values.rows());
-    if (!t.vector_shape) header += "," + std::to_string(t.values.cols());
-    header += "],\"data_offsets\":[" + std::to_string(offset) + "," +
-              std::to_string(offset + bytes) + "]}";
-    offset += bytes;
-  }
-  header += '}';
-  header.append((8 - header.size() % 8) % 8, ' ');
-  if (header.size() > detail::safetensors_max_header) {
-    lowrank::detail::throw_invalid_argument(
-        function, "tensors",
-        list + " whose header would be " + std::to_string(header.size()) + " bytes",
-        "a header of at most " + std::to_string(detail::safetensors_max_header) +
-            " bytes (the safetensors limit)");
-  }
-
+  const detail::safetensors_layout layout = detail::safetensors_plan(tensors, metadata);
   detail::temporary_file out(file, source);
-  std::vector<char> chunk;
-  constexpr std::size_t chunk_size = 1 << 16;
-  chunk.reserve(chunk_size + 8);
-  detail::safetensors_append_le<8>(chunk, header.size());
-  out.write(chunk.data(), chunk.size());
-  out.write(header.data(), header.size());
-  chunk.clear();
-  for (const std::size_t k : order) {
-    const tensor_to_write& t = tensors[k];
-    // Row-major: element (i, j) at i * cols + j.
-    for (Eigen::Index i = 0; i < t.values.rows(); ++i) {
-      for (Eigen::Index j = 0; j < t.values.cols(); ++j) {
-        const double x = t.values(i, j);
-        switch (t.type) {
-          case dtype::float32:
-            detail::safetensors_append_le<4>(chunk,
-                                             std::bit_cast<std::uint32_t>(static_cast<float>(x)));
-            break;
-          case dtype::float64:
-            detail::safetensors_append_le<8>(chunk, std::bit_cast<std::uint64_t>(x));
-            break;
-          case dtype::float16:
-            detail::safetensors_append_le<2>(chunk, detail::double_to_half(x));
-            break;
-          case dtype::bfloat16:
-            detail::safetensors_append_le<2>(chunk, detail::double_to_bfloat16(x));
-            break;
-        }
-        if (chunk.size() >= chunk_size) {
-          out.write(chunk.data(), chunk.size());
-          chunk.clear();
-        }
-      }
-    }
-  }
-  out.write(chunk.data(), chunk.size());
+  detail::safetensors_emit(out, layout, tensors);
   out.commit();
 }
 
