@@ -28,6 +28,15 @@
 /// NumPy writes by default, and what a PyTorch tensor saved through NumPy is) holds row-major
 /// bytes and is transposed explicitly while reading, so the matrix is rows x cols either way.
 /// A 1-D array of shape (n,) becomes an n x 1 matrix.
+///
+/// Files (lowrank/io/detail/files.hpp): read_npy reads regular files only: a FIFO, a device
+/// such as /dev/zero, a socket or a directory is refused before it is read (checked with
+/// stat, then fstat on the descriptor, opened non-blocking); a symbolic link to a regular
+/// file is followed. write_npy writes a temporary next to the target (created with O_EXCL,
+/// mode 0600), syncs it, gives it the mode of the file it replaces (or 0666 minus the
+/// umask), renames it over the target and syncs the directory. A symbolic link at the
+/// target is written through and kept; a special file or directory there is refused. A
+/// failed write leaves the previous file as it was and no temporary behind.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -503,8 +512,9 @@ requires std::same_as<T, float> || std::same_as<T, double>
 /// Memory: the whole file, then the result (about twice the file size at the peak).
 ///
 /// @throws lowrank::invalid_argument (function `lowrank::io::read_npy`, argument `file`,
-///   whose value is the quoted path) when the file does not exist, is a directory or cannot
-///   be read, and for every error of parse_npy, e.g.
+///   whose value is the quoted path) when the file does not exist, is not a regular file (a
+///   directory, FIFO, device or socket) or cannot be read, and for every error of
+///   parse_npy, e.g.
 ///   `lowrank::io::read_npy: argument 'file' is "w.npy" with dtype '<i4'; expected dtype
 ///   '<f4', '>f4', '=f4', '<f8', '>f8' or '=f8' (float32 or float64)`.
 template <class T>
@@ -522,14 +532,16 @@ requires std::same_as<T, float> || std::same_as<T, double>
 /// header is padded with spaces and ended by '\n' so that the data starts at a multiple of
 /// 64 bytes. NumPy reads it back as the same rows x cols array.
 ///
-/// The file is written to a temporary in the same directory and renamed over `file`, so a
-/// failure leaves an existing `file` untouched and no temporary behind. Column-major inputs
+/// The file is written to a temporary in the same directory and renamed over `file` (the
+/// rules: see the file comment), so a failure leaves an existing `file` untouched and no
+/// temporary behind. Column-major inputs
 /// and their column blocks are written without a copy; row-major, strided or expression
 /// inputs are first evaluated into a column-major temporary (rows * cols scalars).
 ///
 /// @throws lowrank::invalid_argument (function `lowrank::io::write_npy`, argument `file`)
-///   when `file` has no file name or is a directory, when its directory does not exist or is
-///   not writable, or when writing or renaming fails.
+///   when `file` has no file name, is a directory or another special file, or is a chain of
+///   more than 40 symbolic links, when its directory does not exist or is not writable, or
+///   when writing, syncing or renaming fails (the message then names the system's error).
 template <class Derived>
 requires std::same_as<typename Derived::Scalar, float> ||
     std::same_as<typename Derived::Scalar, double>

@@ -53,6 +53,15 @@
 /// and BF16 with one rounding to nearest even (never through float: no double rounding),
 /// overflowing to +-inf, keeping subnormals, signed zeros and infinities, and writing a NaN
 /// as a quiet NaN with its sign and its leading payload bits.
+///
+/// Files (lowrank/io/detail/files.hpp): safetensors_file::read reads regular files only: a FIFO, a
+/// device such as /dev/zero, a socket or a directory is refused before it is read (checked with
+/// stat, then fstat on the descriptor, opened non-blocking); a symbolic link to a regular
+/// file is followed. write_safetensors writes a temporary next to the target (created with O_EXCL,
+/// mode 0600), syncs it, gives it the mode of the file it replaces (or 0666 minus the
+/// umask), renames it over the target and syncs the directory. A symbolic link at the
+/// target is written through and kept; a special file or directory there is refused. A
+/// failed write leaves the previous file as it was and no temporary behind.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -156,8 +165,9 @@ class safetensors_file {
   /// Reads a whole file, then parses it as parse() does. Memory: the file size.
   ///
   /// @throws lowrank::invalid_argument (function `lowrank::io::safetensors_file::read`,
-  ///   argument `file`, whose value is the quoted path) when the file does not exist, is a
-  ///   directory or cannot be read, and for every error of parse(), e.g.
+  ///   argument `file`, whose value is the quoted path) when the file does not exist, is not
+  ///   a regular file (a directory, FIFO, device or socket) or cannot be read, and for every
+  ///   error of parse(), e.g.
   ///   `lowrank::io::safetensors_file::read: argument 'file' is "a.safetensors" with the
   ///   tensor 'w' of dtype 'F33'; expected a safetensors dtype: BOOL, F4, ...`.
   [[nodiscard]] static safetensors_file read(const std::filesystem::path& file) {
@@ -509,17 +519,17 @@ void safetensors_emit(Out& out, const safetensors_layout& layout,
 /// Values are converted from double with one rounding to nearest even (F32, F16, BF16) and
 /// written little-endian.
 ///
-/// The file is written to a temporary in the same directory and renamed over `file`, so a
-/// failure leaves an existing `file` untouched and no temporary behind. Memory: the header
-/// and a 64 KiB buffer.
+/// The file is written to a temporary in the same directory and renamed over `file` (the
+/// rules: see the file comment), so a failure leaves an existing `file` untouched and no
+/// temporary behind. Memory: the header and two 64 KiB buffers.
 ///
 /// @throws lowrank::invalid_argument (function `lowrank::io::write_safetensors`)
 ///   - argument `tensors`: two tensors with one name, a tensor named `__metadata__`, a name
 ///     that is not UTF-8, a dtype that is not one of the enumerators, `vector_shape` with
 ///     more than one column, or a header over 100000000 bytes;
 ///   - argument `metadata`: a key or value that is not UTF-8;
-///   - argument `file`: no file name, a missing or unwritable directory, or a failed write
-///     or rename.
+///   - argument `file`: no file name, a directory or another special file, more than 40
+///     symbolic links, a missing or unwritable directory, or a failed write, sync or rename.
 inline void write_safetensors(const std::filesystem::path& file,
                               const std::vector<tensor_to_write>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
