@@ -361,7 +361,7 @@ requires std::same_as<T, float> || std::same_as<T, double>
 ///
 /// The update is all-or-nothing (lowrank/io/detail/directory_update.hpp): both files are
 /// written and synced before either replaces anything, then a new `dir` is renamed into
-/// place, or (when `dir` holds regular files only) exchanged with the old one in one
+/// place, or (when `dir` has no subdirectory) exchanged with the old one in one
 /// renameat2(RENAME_EXCHANGE), or (otherwise: subdirectories, a mount point, a file system
 /// without the exchange) the two files are renamed in place with hard-link backups that
 /// put the first back if the second rename fails. After a failure `dir` is as it was (both

@@ -7,24 +7,24 @@
 /// - `dir` does not exist: the files are written into a fresh sibling directory
 ///   ".<name>.<16 hex digits>.tmp", synced, and that directory is renamed to `dir` (missing
 ///   parent directories are created first, and removed again if the write fails);
-/// - `dir` holds regular files (or symbolic links to files) only: a fresh sibling directory
-///   gets the new files, a hard link to every other entry of `dir` (so they are kept, as the
-///   same files), `dir`'s mode and owner, is synced, and is exchanged with `dir` in one
-///   renameat2(RENAME_EXCHANGE); the old directory is then removed;
+/// - `dir` has no subdirectory and the files it replaces are regular: a fresh sibling
+///   directory gets the new files, a hard link to every other entry of `dir` (so they are
+///   kept, as the same files), `dir`'s mode and owner, is synced, and is exchanged with `dir`
+///   in one renameat2(RENAME_EXCHANGE); the old directory is then removed;
 /// - otherwise (`dir` has subdirectories, is a mount point, a target file is a symbolic link,
 ///   the parent is not writable, or the file system cannot exchange or link): in place. The
 ///   new files are written to temporaries in `dir` and synced, every file they replace gets
 ///   a hard link as a backup, then the temporaries are renamed over their targets in turn;
 ///   when a rename fails, the files already renamed are put back from their backups.
 /// After any failure, `dir` is as it was: the same files with the same bytes and modes, no
-/// temporary or backup left. The exchange (and the rename of a new directory) is also atomic
-/// against a crash; the in-place route is not (a crash between its renames can leave some
-/// files new and the others old, and the backups behind). A symbolic link at `dir` is
-/// written through (the directory it names is updated); so are links at the target files
+/// temporary or backup left (only a failure to sync a directory once the files are in place
+/// is reported after the update, and its message says so). The exchange (and the rename of a new
+/// directory) is also atomic against a crash; the in-place route is not (a crash between its
+/// renames can leave some files new and the others old, and the backups behind). A symbolic link at
+/// `dir` is written through (the directory it names is updated); so are links at the target files
 /// (in place). A target that is a directory or another special file is refused. Writers of
 /// one directory at a time: concurrent writers are not coordinated.
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
