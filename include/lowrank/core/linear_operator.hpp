@@ -67,29 +67,51 @@ inline constexpr bool is_matrix_view_v = false;
 template <class T, class Backend>
 inline constexpr bool is_matrix_view_v<matrix_view<T, Backend>> = true;
 
-/// A^T as an operator (n x m), for an operator A that outlives it.
+/// A^T as an operator (n x m). A view (any trivially copyable operator) is
+/// held by value, so `transposed_operator(a.view())` is safe; another
+/// operator is held by reference and must outlive it (a temporary one is
+/// refused at compile time).
 template <linear_operator Op>
 class transposed_operator {
+  static constexpr bool by_value = std::is_trivially_copyable_v<Op>;
+
  public:
   using value_type = operator_value_t<Op>;
   using backend = operator_backend_t<Op>;
 
-  explicit transposed_operator(const Op& a) noexcept : a_(&a) {}
-  [[nodiscard]] index_t rows() const { return a_->cols(); }
-  [[nodiscard]] index_t cols() const { return a_->rows(); }
+  explicit transposed_operator(const Op& a) noexcept : a_(hold(a)) {}
+  transposed_operator(const Op&& a) requires(!by_value) = delete;
+
+  [[nodiscard]] index_t rows() const { return get().cols(); }
+  [[nodiscard]] index_t cols() const { return get().rows(); }
   void apply(context<backend>& ctx, matrix_view<const value_type, backend> x,
              matrix_view<value_type, backend> y, value_type alpha = value_type(1),
              value_type beta = value_type(0)) const {
-    a_->apply_transposed(ctx, x, y, alpha, beta);
+    get().apply_transposed(ctx, x, y, alpha, beta);
   }
   void apply_transposed(context<backend>& ctx, matrix_view<const value_type, backend> x,
                         matrix_view<value_type, backend> y, value_type alpha = value_type(1),
                         value_type beta = value_type(0)) const {
-    a_->apply(ctx, x, y, alpha, beta);
+    get().apply(ctx, x, y, alpha, beta);
   }
 
  private:
-  const Op* a_;
+  static auto hold(const Op& a) noexcept {
+    if constexpr (by_value) {
+      return a;
+    } else {
+      return &a;
+    }
+  }
+  [[nodiscard]] const Op& get() const noexcept {
+    if constexpr (by_value) {
+      return a_;
+    } else {
+      return *a_;
+    }
+  }
+
+  std::conditional_t<by_value, Op, const Op*> a_;
 };
 
 /// ||A||_F^2 in double: `a.squared_norm(ctx)` when the operator has it, one
