@@ -35,3 +35,6 @@
 #include "lowrank/adapters/multi_lora.hpp"
 #include "lowrank/adapters/nola.hpp"
 #include "lowrank/adapters/shared_a_lora.hpp"
+
+#include "lowrank/projection/projected_adam.hpp"
+#include "lowrank/projection/projector.hpp"

@@ -66,7 +66,9 @@ namespace lowrank {
 struct randomized_svd_options {
   index_t oversampling = 10;     ///< p >= 0; l = min(k + p, min(m, n)) columns are sketched
   index_t power_iterations = 2;  ///< q >= 0; 2q + 2 passes over A
-  std::uint64_t seed = 0;        ///< Omega is the Gaussian matrix of random_stream{seed, 0}
+  std::uint64_t seed = 0;        ///< Omega is the Gaussian matrix of random_stream{seed, stream}
+  std::uint64_t stream = 0;      ///< (a caller drawing many sketches from one seed, e.g. one per
+                                 ///< layer and refresh: projection/projector.hpp)
 };
 
 /// The fixed-accuracy request: the smallest rank with
@@ -151,8 +153,8 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
   matrix<T, Backend> q(ctx, m.rows(), l);
   matrix<T, Backend> z(ctx, m.cols(), l);
   matrix<double, Backend> c;  // the deferred last pass: Q = Q1 C
-  detail::subspace_iteration(ctx, m, random_stream{options.seed, 0}, options.power_iterations,
-                             q.view(), z.view(), fn, &c);
+  detail::subspace_iteration(ctx, m, random_stream{options.seed, options.stream},
+                             options.power_iterations, q.view(), z.view(), fn, &c);
   m.apply_transposed(ctx, as_const(q.view()), z.view());  // B1^T = M^T Q1
   auto result = detail::svd_of_qb(ctx, m.op, as_const(q.view()), z.view(), k, &c);
   detail::unscale_values(ctx, fn, m.scale, result.s.view());

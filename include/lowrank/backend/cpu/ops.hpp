@@ -6,7 +6,9 @@
 ///   core/concepts.hpp), on Eigen maps of the caller's memory, a BLAS and
 ///   LAPACK behind them when linked;
 /// - backend/cpu/adapters.hpp: the adapters' operations
-///   (`adapter_backend_for`, adapters/backend.hpp).
+///   (`adapter_backend_for`, adapters/backend.hpp);
+/// - backend/cpu/projection.hpp: the projected optimizers' operations
+///   (`projection_backend_for`, projection/backend.hpp).
 /// A new family adds its part here and asserts its concept below. Parts use
 /// distinct names, so that no call through `ops<cpu>` is ambiguous.
 
@@ -14,13 +16,15 @@
 #include "lowrank/backend/cpu/adapters.hpp"
 #include "lowrank/backend/cpu/context.hpp"
 #include "lowrank/backend/cpu/core.hpp"
+#include "lowrank/backend/cpu/projection.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
+#include "lowrank/projection/backend.hpp"
 
 namespace lowrank {
 
 template <>
-struct ops<cpu> : detail::cpu_core_ops, detail::cpu_adapter_ops {
+struct ops<cpu> : detail::cpu_core_ops, detail::cpu_adapter_ops, detail::cpu_projection_ops {
   using backend = cpu;
 };
 
@@ -28,5 +32,7 @@ static_assert(backend_for<cpu, float>);
 static_assert(backend_for<cpu, double>);
 static_assert(adapter_backend_for<cpu, float>);
 static_assert(adapter_backend_for<cpu, double>);
+static_assert(projection_backend_for<cpu, float>);
+static_assert(projection_backend_for<cpu, double>);
 
 }  // namespace lowrank

@@ -6,7 +6,9 @@
 ///   core/concepts.hpp) through cuBLAS, cuSOLVER and lowrank's kernels, the
 ///   SVD's routes in backend/cuda/svd.hpp;
 /// - backend/cuda/adapters.hpp: the adapters' operations
-///   (`adapter_backend_for`, adapters/backend.hpp).
+///   (`adapter_backend_for`, adapters/backend.hpp);
+/// - backend/cuda/projection.hpp: the projected optimizers' operations
+///   (`projection_backend_for`, projection/backend.hpp).
 /// A new family adds its part here and asserts its concept below. Parts use
 /// distinct names, so that no call through `ops<cuda>` is ambiguous.
 
@@ -14,13 +16,15 @@
 #include "lowrank/backend/cuda/adapters.hpp"
 #include "lowrank/backend/cuda/context.hpp"
 #include "lowrank/backend/cuda/core.hpp"
+#include "lowrank/backend/cuda/projection.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
+#include "lowrank/projection/backend.hpp"
 
 namespace lowrank {
 
 template <>
-struct ops<cuda> : detail::cuda_core_ops, detail::cuda_adapter_ops {
+struct ops<cuda> : detail::cuda_core_ops, detail::cuda_adapter_ops, detail::cuda_projection_ops {
   using backend = cuda;
 };
 
@@ -28,5 +32,7 @@ static_assert(backend_for<cuda, float>);
 static_assert(backend_for<cuda, double>);
 static_assert(adapter_backend_for<cuda, float>);
 static_assert(adapter_backend_for<cuda, double>);
+static_assert(projection_backend_for<cuda, float>);
+static_assert(projection_backend_for<cuda, double>);
 
 }  // namespace lowrank
