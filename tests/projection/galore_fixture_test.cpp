@@ -1,13 +1,15 @@
 // The GaLore family against the reference implementations: fixtures from
-// galore-torch 1.0 and fira 1.0.2 (tools/make_galore_fixtures.py; the signs
+// galore-torch 1.0, fira 1.0.2 and q-galore-torch 1.0
+// (tools/make_galore_fixtures.py, tools/make_qgalore_fixtures.py; the signs
 // of the reference's SVD canonicalised as ours, tests/projection/fixtures/
 // README.md). Projector bases and projected gradients; 2T + 5 steps of
 // GaLore's AdamW across refreshes (T = 3), its plain AdamW, and Fira's
-// reference form.
+// reference form; Q-GaLore's 4-bit bases and its lazy refresh schedule.
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
 #include <string>
+#include <vector>
 
 #include "lowrank/backend/cpu/ops.hpp"
 #include "lowrank/io/npy.hpp"
@@ -114,6 +116,66 @@ TEST(galore_fixtures, adamw_and_fira_trajectories) {
     if (c.projected) {
       EXPECT_EQ(opt.projector_of(i)->refreshes(), 4u);  // steps 0, 3, 6, 9
     }
+  }
+}
+
+// Q-GaLore's 4-bit basis: the dequantized basis and the projection. The
+// fixtures' values sit at least 2.3e-3 code steps from a rounding tie, so our
+// float SVD gives the reference's codes; the scales then agree to float
+// rounding.
+TEST(galore_fixtures, qgalore_quantized_bases) {
+  context<cpu> ctx(2);
+  for (const bool left : {false, true}) {
+    const std::string base = std::string("qgalore_quant_") + (left ? "left" : "right") + "_";
+    SCOPED_TRACE(base);
+    const matf g = fixture(base + "G");
+    const matf p_hat = fixture(base + "P_hat");
+    const matf r_ref = fixture(base + "R");
+    projector<float> p(g.rows(), g.cols(),
+                       {.rank = 8, .method = refresh_method::exact, .quantize_bits = 4});
+    ASSERT_EQ(p.side(), left ? projection_side::left : projection_side::right);
+    ASSERT_EQ(p.refresh(ctx, as_const(view(g))), refresh_outcome::refreshed);
+    const auto basis = p.basis_copy(ctx, left);
+    const matf ours = left ? matf(basis) : matf(basis.transpose());
+    ASSERT_EQ(ours.rows(), p_hat.rows());
+    EXPECT_LT((ours - p_hat).cwiseAbs().maxCoeff(), 1e-5f);
+    matf r(p.projected_rows(), p.projected_cols());
+    p.project(ctx, as_const(view(g)), view(r));
+    EXPECT_LT((r - r_ref).cwiseAbs().maxCoeff(), 1e-5f * g.cwiseAbs().maxCoeff());
+  }
+}
+
+// The lazy rule over 120 steps of a slowly drifting 32 x 32 gradient (gap 4,
+// queue 5, threshold 0.4, doubling): the same refresh steps, the same gap
+// after every step, and the same signed cosines.
+TEST(galore_fixtures, qgalore_lazy_schedule) {
+  context<cpu> ctx(1);
+  const matf grads = fixture("qgalore_lazy_G");
+  const matf steps = fixture("qgalore_lazy_refresh_steps");
+  const matf gaps = fixture("qgalore_lazy_gaps");
+  const matf cosines = fixture("qgalore_lazy_cosines");
+  projector<float> p(32, 32,
+                     {.rank = 8,
+                      .method = refresh_method::exact,
+                      .update_gap = 4,
+                      .quantize_bits = 4,
+                      .lazy = true});
+  std::vector<float> refreshed;
+  std::vector<float> seen;
+  for (index_t t = 0; t < grads.rows(); ++t) {
+    if (p.due(std::uint64_t(t))) {
+      const matf g = step_matrix(grads, t, 32, 32);
+      ASSERT_EQ(p.refresh(ctx, as_const(view(g))), refresh_outcome::refreshed);
+      refreshed.push_back(float(t));
+      if (p.refreshes() > 1) seen.push_back(float(p.cosines().back()));
+    }
+    EXPECT_EQ(float(p.current_gap()), gaps(t, 0)) << "after step " << t;
+  }
+  ASSERT_EQ(refreshed.size(), std::size_t(steps.size()));
+  for (std::size_t k = 0; k < refreshed.size(); ++k) EXPECT_EQ(refreshed[k], steps(index_t(k), 0));
+  ASSERT_EQ(seen.size(), std::size_t(cosines.size()));
+  for (std::size_t k = 0; k < seen.size(); ++k) {
+    EXPECT_NEAR(seen[k], cosines(index_t(k), 0), 1e-5f) << "refresh " << k + 1;
   }
 }
 

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <random>
 #include <string>
 
 #include "support/backends.hpp"
@@ -295,6 +296,121 @@ TYPED_TEST(projection_test, bad_input) {
   O fira({.residual = residual_mode::fira});
   EXPECT_THROW(fira.add(ctx, w.view(), {.rank = 2, .side = projection_side::two_sided}),
                invalid_argument);
+}
+
+// --- Q-GaLore ---------------------------------------------------------------------
+
+// Group quantisation: every element within half a step of its value, codes in
+// range, the groups laid along the flattening asked for, the last one short,
+// and the same bits whatever the threads.
+TYPED_TEST(projection_test, group_quantisation) {
+  using T = typename TypeParam::scalar;
+  using B = typename TypeParam::backend;
+  auto one = make_context<B>(1);
+  auto three = make_context<B>(3);
+  const index_t m = 37, n = 29, group = 64;  // 1073 elements: 16 full groups and a short one
+  const host_matrix<T> x =
+      (make_matrix(Eigen::VectorXd::LinSpaced(n, 0.1, 3), m, n, 4) + matd::Constant(m, n, 0.02))
+          .template cast<T>();
+  const index_t groups = (m * n + group - 1) / group;
+  for (const int bits : {4, 8}) {
+    for (const bool row_major : {true, false}) {
+      auto xb = to_backend<B>(one, x);
+      const index_t nbytes = bits == 4 ? (m * n + 1) / 2 : m * n;
+      vector<std::uint8_t, B> codes(one, nbytes);
+      vector<T, B> scales(one, groups), zeros(one, groups);
+      ops<B>::quantize_groups(one, as_const(xb.view()), row_major, group, bits, codes.view(),
+                              scales.view(), zeros.view());
+      matrix<T, B> back(one, m, n);
+      ops<B>::dequantize_groups(one, as_const(codes.view()), as_const(scales.view()),
+                                as_const(zeros.view()), group, bits, row_major, back.view());
+      const host_matrix<T> s = host_matrix<T>(scales.to_eigen());
+      const matd y = to_host(one, back);
+      for (index_t i = 0; i < m; ++i) {
+        for (index_t j = 0; j < n; ++j) {
+          const index_t k = row_major ? i * n + j : i + j * m;
+          // Half a step, plus the rounding of x / s and of s (q - z) in T.
+          EXPECT_LE(std::abs(y(i, j) - double(x(i, j))), 0.5 * double(s(k / group)) * (1 + 1e-3))
+              << i << ", " << j;
+        }
+      }
+      const auto c = codes.to_eigen();
+      // The same bits on three threads.
+      auto xb3 = to_backend<B>(three, x);
+      vector<std::uint8_t, B> codes3(three, nbytes);
+      vector<T, B> scales3(three, groups), zeros3(three, groups);
+      ops<B>::quantize_groups(three, as_const(xb3.view()), row_major, group, bits, codes3.view(),
+                              scales3.view(), zeros3.view());
+      EXPECT_TRUE((codes3.to_eigen().array() == c.array()).all());
+      EXPECT_TRUE((host_matrix<T>(scales3.to_eigen()).array() == s.array()).all());
+    }
+  }
+}
+
+// A 4-bit projector: its state is the codes, it projects with the
+// dequantized basis, and that basis still spans the subspace to the
+// quantisation's accuracy.
+TYPED_TEST(projection_test, quantized_projector) {
+  using T = typename TypeParam::scalar;
+  using B = typename TypeParam::backend;
+  auto ctx = make_context<B>(2);
+  const index_t m = 64, n = 48, r = 8;
+  const matd g = gapped(m, n, 9);
+  auto gb = to_backend<B>(ctx, host_matrix<T>(g.cast<T>()));
+  projector<T, B> plain(m, n, {.rank = r, .method = refresh_method::exact});
+  projector<T, B> q4(m, n, {.rank = r, .method = refresh_method::exact, .quantize_bits = 4});
+  plain.refresh(ctx, gb.view());
+  q4.refresh(ctx, gb.view());
+  EXPECT_EQ(q4.right_basis().size(), 0);
+  const matd exact = host(ctx, plain.right_basis());
+  const auto copy = q4.basis_copy(ctx, false);
+  const matd dq = to_host(ctx, copy);
+  // 4 bits over entries within [-1, 1]: a step of at most 2/15 per group.
+  EXPECT_LT((dq - exact).cwiseAbs().maxCoeff(), 1.0 / 15 + 1e-6);
+  const Eigen::HouseholderQR<matd> qr(dq);
+  const matd q = qr.householderQ() * matd::Identity(n, r);
+  EXPECT_GT(overlap(q, exact), 0.9);
+  matrix<T, B> rq(ctx, m, r);
+  q4.project(ctx, gb.view(), rq.view());
+  EXPECT_LT((to_host(ctx, rq) - to_host(ctx, gb) * dq).norm(), 100 * eps<T> * g.norm());
+  // State: n r / 2 bytes of codes, a scale and a zero per group of 256, the transition.
+  const std::size_t groups = (std::size_t(n * r) + 255) / 256;
+  EXPECT_EQ(q4.state_bytes(),
+            std::size_t(n * r) / 2 + 2 * sizeof(T) * groups + sizeof(T) * std::size_t(r * r));
+  const std::size_t transition = sizeof(T) * std::size_t(r * r);
+  EXPECT_LT(q4.state_bytes() - transition, (plain.state_bytes() - transition) / 4);
+}
+
+// The lazy rule on a gradient that never changes: cosines of 1, the queue
+// fills at the sixth refresh and the gap doubles at every refresh from then
+// on (q-galore-torch's rule), or up to max_gap.
+TYPED_TEST(projection_test, lazy_refresh_schedule) {
+  using T = typename TypeParam::scalar;
+  using B = typename TypeParam::backend;
+  auto ctx = make_context<B>(1);
+  auto gb = to_backend<B>(ctx, host_matrix<T>(gapped(12, 8, 3).cast<T>()));
+  for (const index_t cap : {index_t{0}, index_t{8}}) {
+    projector<T, B> p(12, 8,
+                      {.rank = 3,
+                       .method = refresh_method::exact,
+                       .update_gap = 2,
+                       .lazy = true,
+                       .max_gap = cap});
+    std::string steps;
+    for (std::uint64_t s = 0; s < 70; ++s) {
+      if (!p.due(s)) continue;
+      steps += std::to_string(s) + "/";
+      p.refresh(ctx, gb.view());
+      steps += std::to_string(p.current_gap()) + " ";
+    }
+    if (cap == 0) {
+      EXPECT_EQ(steps, "0/2 2/2 4/2 6/2 8/2 10/4 12/8 16/16 32/32 64/64 ");
+    } else {
+      EXPECT_EQ(steps, "0/2 2/2 4/2 6/2 8/2 10/4 12/8 16/8 24/8 32/8 40/8 48/8 56/8 64/8 ");
+    }
+    ASSERT_EQ(p.cosines().size(), 5u);
+    EXPECT_NEAR(p.cosines().back(), 1, 1e-5);
+  }
 }
 
 // --- The optimizer ----------------------------------------------------------------
@@ -589,12 +705,13 @@ TYPED_TEST(projection_test, resume_is_bitwise) {
   const host_matrix<T> w0 = gapped(14, 9, 1).cast<T>();
   const host_matrix<T> u0 = gapped(7, 11, 2).cast<T>();
   const host_matrix<T> b0 = host_matrix<T>::Ones(9, 1);
+  const host_matrix<T> q0 = gapped(10, 6, 3).cast<T>();
   struct model {
-    matrix<T, B> w, u, b;
+    matrix<T, B> w, u, b, q;
     projected_adam<T, B> opt;
   };
   const auto build = [&](context<B>& c) {
-    model md{to_backend<B>(c, w0), to_backend<B>(c, u0), to_backend<B>(c, b0),
+    model md{to_backend<B>(c, w0), to_backend<B>(c, u0), to_backend<B>(c, b0), to_backend<B>(c, q0),
              projected_adam<T, B>(o)};
     md.opt.add(c, md.w.view(),
                {.rank = 3, .method = refresh_method::warm, .update_gap = 3, .layer = 0});
@@ -607,14 +724,23 @@ TYPED_TEST(projection_test, resume_is_bitwise) {
                 .seed = 5,
                 .layer = 1});
     md.opt.add_plain(c, md.b.view());
+    md.opt.add(c, md.q.view(),
+               {.rank = 2,
+                .method = refresh_method::exact,
+                .update_gap = 1,
+                .layer = 2,
+                .quantize_bits = 4,
+                .quantize_group = 16,
+                .lazy = true,
+                .lazy_queue = 2});
     return md;
   };
   // Gradients that depend on the weights (a least-squares pull towards a
   // target), with a NaN at step 4.
   const auto train = [&](context<B>& c, model& md, int from, int to) {
     for (int s = from; s < to; ++s) {
-      for (index_t k = 0; k < 3; ++k) {
-        auto& x = k == 0 ? md.w : k == 1 ? md.u : md.b;
+      for (index_t k = 0; k < 4; ++k) {
+        auto& x = k == 0 ? md.w : k == 1 ? md.u : k == 2 ? md.b : md.q;
         host_matrix<T> g(x.rows(), x.cols());
         ops<B>::download(c, x.view(), view(g));
         const host_matrix<T> target =
@@ -639,12 +765,16 @@ TYPED_TEST(projection_test, resume_is_bitwise) {
   ops<B>::copy(ctx, first.w.view(), second.w.view());
   ops<B>::copy(ctx, first.u.view(), second.u.view());
   ops<B>::copy(ctx, first.b.view(), second.b.view());
+  ops<B>::copy(ctx, first.q.view(), second.q.view());
   second.opt.load(ctx, file.path);
   train(ctx, second, 5, 11);
   EXPECT_TRUE(same_bits(to_host(ctx, straight.w), to_host(ctx, second.w)));
   EXPECT_TRUE(same_bits(to_host(ctx, straight.u), to_host(ctx, second.u)));
   EXPECT_TRUE(same_bits(to_host(ctx, straight.b), to_host(ctx, second.b)));
-  for (index_t k = 0; k < 3; ++k) {
+  EXPECT_TRUE(same_bits(to_host(ctx, straight.q), to_host(ctx, second.q)));
+  EXPECT_EQ(straight.opt.projector_of(3)->current_gap(), second.opt.projector_of(3)->current_gap());
+  EXPECT_GT(straight.opt.projector_of(3)->current_gap(), 1);  // the lazy rule acted
+  for (index_t k = 0; k < 4; ++k) {
     EXPECT_TRUE(
         same_bits(host(ctx, straight.opt.first_moment(k)), host(ctx, second.opt.first_moment(k))));
     EXPECT_EQ(straight.opt.steps(k), second.opt.steps(k));
@@ -706,6 +836,174 @@ TYPED_TEST(projection_test, load_refuses_another_optimizer_and_changes_nothing) 
   EXPECT_THROW(same.load(ctx, file.path), invalid_argument);
   EXPECT_TRUE(same_bits(before, host(ctx, same.first_moment(0))));
 }
+
+#if defined(__CUDACC__)
+// --- Across backends (in the CUDA build only) ------------------------------------
+//
+// The family's operations of ops<cuda> give the CPU's bits (Adam's moments
+// and direction, Fira's ratios, row scaling, absolute values, Q-GaLore's
+// quantisation both ways), and projected_adam trains the same weights from
+// the same gradients on both backends (exact, warm and quantized lazy
+// projectors, rotate, Fira, a plain weight) to a float tolerance.
+
+template <class T>
+class projection_cross_backend : public backend_test<config<cuda, T>> {};
+using scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(projection_cross_backend, scalars);
+
+template <class T>
+host_matrix<T> uniform_matrix(index_t rows, index_t cols, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> dist(-1, 1);
+  host_matrix<T> m(rows, cols);
+  for (index_t j = 0; j < cols; ++j) {
+    for (index_t i = 0; i < rows; ++i) m(i, j) = T(dist(gen));
+  }
+  return m;
+}
+
+template <class T>
+bool same_host_bits(const host_matrix<T>& a, const host_matrix<T>& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), sizeof(T) * std::size_t(a.size())) == 0;
+}
+
+template <class T>
+host_matrix<T> down(context<cuda>& ctx, matrix_view<const T, cuda> x) {
+  host_matrix<T> h(x.rows(), x.cols());
+  ops<cuda>::download(ctx, x, view(h));
+  return h;
+}
+
+TYPED_TEST(projection_cross_backend, operations_give_the_cpu_bits) {
+  using T = TypeParam;
+  context<cpu> cpu_ctx(2);
+  context<cuda> gpu;
+  const index_t m = 67, n = 45;
+  const host_matrix<T> g = uniform_matrix<T>(m, n, 1);
+  host_matrix<T> mm = uniform_matrix<T>(m, n, 2);
+  host_matrix<T> vv = uniform_matrix<T>(m, n, 3).cwiseAbs();
+  matrix<T, cuda> gg(gpu, g), gm(gpu, mm), gv(gpu, vv);
+  ops<cpu>::adam_moments(cpu_ctx, 0.9, 0.999, view(g), view(mm), view(vv));
+  ops<cuda>::adam_moments(gpu, 0.9, 0.999, gg.view(), gm.view(), gv.view());
+  EXPECT_TRUE(same_host_bits(mm, down(gpu, as_const(gm.view()))));
+  EXPECT_TRUE(same_host_bits(vv, down(gpu, as_const(gv.view()))));
+  host_matrix<T> y = uniform_matrix<T>(m, n, 4);
+  matrix<T, cuda> gy(gpu, y);
+  ops<cpu>::adam_direction(cpu_ctx, 1.1, 0.7, 1e-6, view(mm), view(vv), T(-0.01), T(1), view(y));
+  ops<cuda>::adam_direction(gpu, 1.1, 0.7, 1e-6, gm.view(), gv.view(), T(-0.01), T(1), gy.view());
+  EXPECT_TRUE(same_host_bits(y, down(gpu, as_const(gy.view()))));
+  ops<cpu>::abs_values(cpu_ctx, view(y));
+  ops<cuda>::abs_values(gpu, gy.view());
+  EXPECT_TRUE(same_host_bits(y, down(gpu, as_const(gy.view()))));
+  const Eigen::VectorXd num = uniform_matrix<double>(m, 1, 5).cwiseAbs();
+  const Eigen::VectorXd den = uniform_matrix<double>(m, 1, 6).cwiseAbs();
+  host_matrix<T> ratio(m, 1);
+  vector<double, cuda> gnum(gpu, num), gden(gpu, den);
+  vector<T, cuda> gratio(gpu, m);
+  ops<cpu>::norm_ratio(cpu_ctx, vector_view<const double, cpu>(num.data(), m),
+                       vector_view<const double, cpu>(den.data(), m), 1e-8,
+                       vector_view<T, cpu>(ratio.data(), m));
+  ops<cuda>::norm_ratio(gpu, as_const(gnum.view()), as_const(gden.view()), 1e-8, gratio.view());
+  EXPECT_TRUE(same_host_bits(ratio, host_matrix<T>(gratio.to_eigen())));
+  ops<cpu>::scale_rows(cpu_ctx, vector_view<const T, cpu>(ratio.data(), m), view(y));
+  ops<cuda>::scale_rows(gpu, as_const(gratio.view()), gy.view());
+  EXPECT_TRUE(same_host_bits(y, down(gpu, as_const(gy.view()))));
+  for (const int bits : {4, 8}) {
+    for (const bool row_major : {true, false}) {
+      const index_t group = 256;
+      const index_t groups = (m * n + group - 1) / group;
+      const index_t nbytes = bits == 4 ? (m * n + 1) / 2 : m * n;
+      vector<std::uint8_t, cpu> codes(cpu_ctx, nbytes);
+      vector<T, cpu> scales(cpu_ctx, groups), zeros(cpu_ctx, groups);
+      vector<std::uint8_t, cuda> gcodes(gpu, nbytes);
+      vector<T, cuda> gscales(gpu, groups), gzeros(gpu, groups);
+      ops<cpu>::quantize_groups(cpu_ctx, view(g), row_major, group, bits, codes.view(),
+                                scales.view(), zeros.view());
+      ops<cuda>::quantize_groups(gpu, as_const(gg.view()), row_major, group, bits, gcodes.view(),
+                                 gscales.view(), gzeros.view());
+      EXPECT_TRUE((gcodes.to_eigen().array() == codes.array()).all());
+      EXPECT_TRUE(same_host_bits(host_matrix<T>(scales), host_matrix<T>(gscales.to_eigen())));
+      EXPECT_TRUE(same_host_bits(host_matrix<T>(zeros), host_matrix<T>(gzeros.to_eigen())));
+      host_matrix<T> back(m, n);
+      matrix<T, cuda> gback(gpu, m, n);
+      ops<cpu>::dequantize_groups(cpu_ctx, as_const(codes.view()), as_const(scales.view()),
+                                  as_const(zeros.view()), group, bits, row_major, view(back));
+      ops<cuda>::dequantize_groups(gpu, as_const(gcodes.view()), as_const(gscales.view()),
+                                   as_const(gzeros.view()), group, bits, row_major, gback.view());
+      EXPECT_TRUE(same_host_bits(back, down(gpu, as_const(gback.view()))));
+    }
+  }
+}
+
+// Products differ in summation order between cuBLAS and the CPU BLAS, and the
+// SVD routes differ: after 6 steps the weights agree to about eps sqrt(K)
+// times the updates' size, far below a wrong basis or step (O(lr)).
+TYPED_TEST(projection_cross_backend, training_agrees_with_the_cpu) {
+  using T = TypeParam;
+  context<cpu> cpu_ctx(2);
+  context<cuda> gpu;
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  const projected_adam_options o{.lr = 0.01,
+                                 .weight_decay = 0.01,
+                                 .moments = moment_policy::rotate,
+                                 .residual = residual_mode::fira};
+  const index_t shapes[4][2] = {{40, 24}, {24, 40}, {32, 32}, {24, 1}};
+  const projector_options projectors[3] = {
+      {.rank = 4, .method = refresh_method::exact, .update_gap = 2},
+      {.rank = 3, .method = refresh_method::warm, .update_gap = 2, .layer = 1},
+      {.rank = 4,
+       .method = refresh_method::exact,
+       .update_gap = 1,
+       .layer = 2,
+       .quantize_bits = 4,
+       .lazy = true,
+       .lazy_queue = 2}};
+  std::vector<host_matrix<T>> cw;
+  std::vector<matrix<T, cuda>> gw;
+  projected_adam<T, cpu> copt(o);
+  projected_adam<T, cuda> gopt(o);
+  for (int k = 0; k < 4; ++k) {
+    cw.push_back(uniform_matrix<T>(shapes[k][0], shapes[k][1], 10 + k));
+    gw.emplace_back(gpu, cw.back());
+  }
+  for (int k = 0; k < 4; ++k) {
+    if (k < 3) {
+      copt.add(cpu_ctx, view(cw[k]), projectors[k]);
+      gopt.add(gpu, gw[k].view(), projectors[k]);
+    } else {
+      copt.add_plain(cpu_ctx, view(cw[k]));
+      gopt.add_plain(gpu, gw[k].view());
+    }
+  }
+  for (int s = 0; s < 6; ++s) {
+    for (int k = 0; k < 4; ++k) {
+      // A low-rank signal with a clear gap after the projector's rank (so
+      // that both backends' SVDs pick one subspace), plus a small pull
+      // towards a fixed target.
+      const index_t rows = cw[k].rows();
+      const index_t cols = cw[k].cols();
+      const index_t r = k < 3 ? projectors[k].rank : 1;
+      Eigen::VectorXd spectrum(std::min(rows, cols));
+      for (index_t i = 0; i < spectrum.size(); ++i) {
+        spectrum(i) = i < r ? 10.0 - double(i) : 0.5 / double(i + 1);
+      }
+      const host_matrix<T> signal = make_matrix(spectrum, rows, cols, 70 + k).cast<T>();
+      const host_matrix<T> target = uniform_matrix<T>(rows, cols, 50 + k);
+      const host_matrix<T> g = signal + T(0.01) * (cw[k] - target);
+      matrix<T, cuda> gg(gpu, g);
+      copt.step(cpu_ctx, k, view(g));
+      gopt.step(gpu, k, gg.view());
+      const host_matrix<T> back = down(gpu, as_const(gw[k].view()));
+      EXPECT_LT((back - cw[k]).norm(), tol * cw[k].norm()) << "step " << s << ", weight " << k;
+      // Feed the CPU's weights to both, so that the comparison stays per step.
+      ops<cuda>::upload(gpu, as_const(view(cw[k])), gw[k].view());
+    }
+  }
+  EXPECT_EQ(copt.projector_of(2)->current_gap(), gopt.projector_of(2)->current_gap());
+}
+
+#endif  // __CUDACC__
 
 }  // namespace
 }  // namespace lowrank::test

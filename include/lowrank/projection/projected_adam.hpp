@@ -55,7 +55,9 @@
 ///
 /// **Checkpoints** (`save`, `load`): the whole state as `.safetensors`:
 /// tensors `slot.<i>.exp_avg`, `slot.<i>.exp_avg_sq`, `slot.<i>.basis_left`,
-/// `slot.<i>.basis_right` (F32 for float, F64 for double) and the rest as
+/// `slot.<i>.basis_right` (F32 for float, F64 for double; a quantized
+/// projector's codes, scales and zero points instead, and the lazy rule's
+/// first vector: projector::save_state) and the rest as
 /// metadata strings (options, sides, ranks, counters, Fira's norm, the
 /// learning rate), no pickled objects. Resume is exact: N steps equal k
 /// steps, save, load into an optimizer built with the same weights and
@@ -87,6 +89,7 @@
 #include "lowrank/core/validate.hpp"
 #include "lowrank/io/safetensors.hpp"
 #include "lowrank/projection/backend.hpp"
+#include "lowrank/projection/detail/checkpoint.hpp"
 #include "lowrank/projection/projector.hpp"
 
 namespace lowrank {
@@ -314,7 +317,7 @@ class projected_adam {
     meta["version"] = "1";
     meta["scalar"] = std::is_same_v<T, float> ? "float" : "double";
     meta["options"] = describe(options_);
-    meta["lr"] = hex(options_.lr);
+    meta["lr"] = detail::hex(options_.lr);
     meta["slots"] = std::to_string(slots_.size());
     const io::dtype type = std::is_same_v<T, float> ? io::dtype::float32 : io::dtype::float64;
     const auto add_tensor = [&](const std::string& name, matrix_view<const T, Backend> x) {
@@ -327,17 +330,10 @@ class projected_adam {
       const std::string key = "slot." + std::to_string(i) + ".";
       meta[key + "layout"] = layout_of(s);
       meta[key + "counters"] = std::to_string(s.steps) + " " + std::to_string(s.moment_steps) +
-                               " " + std::to_string(s.skipped) + " " + hex(s.fira_norm);
+                               " " + std::to_string(s.skipped) + " " + detail::hex(s.fira_norm);
       add_tensor(key + "exp_avg", s.m.view());
       add_tensor(key + "exp_avg_sq", s.v.view());
-      if (s.proj) {
-        const auto& p = *s.proj;
-        meta[key + "projector"] = std::to_string(p.refreshes()) + " " +
-                                  std::to_string(p.skipped_refreshes()) + " " +
-                                  std::to_string(p.fallbacks()) + " " + hex(p.overlap());
-        if (p.has_basis() && p.projects_left()) add_tensor(key + "basis_left", p.left_basis());
-        if (p.has_basis() && p.projects_right()) add_tensor(key + "basis_right", p.right_basis());
-      }
+      if (s.proj) s.proj->save_state(ctx, key, tensors, meta);
     }
     io::write_safetensors(file, tensors, meta);
   }
@@ -350,42 +346,26 @@ class projected_adam {
   ///   optimizer, and the reader's errors (io/safetensors.hpp) for a
   ///   malformed file; the live state is unchanged then.
   void load(context<Backend>& ctx, const std::filesystem::path& file) {
-    const char* fn = "lowrank::projected_adam::load";
     const auto f = io::safetensors_file::read(file);
-    const auto& meta = f.metadata();
-    const std::string where = "the file " + file.string();
-    const auto need = [&](const std::string& key) -> const std::string& {
-      const auto it = meta.find(key);
-      if (it == meta.end()) {
-        detail::throw_invalid_argument(fn, "file", where + " without metadata '" + key + "'",
-                                       "a checkpoint written by lowrank::projected_adam::save");
-      }
-      return it->second;
-    };
-    const auto expect = [&](const std::string& key, const std::string& want) {
-      const std::string& got = need(key);
-      if (got != want) {
-        detail::throw_invalid_argument(fn, "file", where + " with " + key + " = '" + got + "'",
-                                       "'" + want + "' (this optimizer's)");
-      }
-    };
-    expect("format", "lowrank.projected_adam");
-    expect("version", "1");
-    expect("scalar", std::is_same_v<T, float> ? "float" : "double");
-    expect("options", describe(options_));
-    expect("slots", std::to_string(slots_.size()));
-    const double lr = unhex(fn, where, need("lr"));
+    const detail::checkpoint_source src{"lowrank::projected_adam::load",
+                                        "the file " + file.string(), &f};
+    src.expect("format", "lowrank.projected_adam");
+    src.expect("version", "1");
+    src.expect("scalar", std::is_same_v<T, float> ? "float" : "double");
+    src.expect("options", describe(options_));
+    src.expect("slots", std::to_string(slots_.size()));
+    const double lr = detail::unhex(src, src.need("lr"));
+    if (!(lr >= 0 && std::isfinite(lr)))
+      src.fail("with lr = " + detail::hex(lr), "a finite lr >= 0");
     const auto matrix_of = [&](const std::string& name, index_t rows, index_t cols) {
       if (!f.contains(name)) {
-        detail::throw_invalid_argument(
-            fn, "file", where + " without tensor '" + name + "'",
-            "a tensor of " + std::to_string(rows) + " x " + std::to_string(cols));
+        src.fail("without tensor '" + name + "'",
+                 "a tensor of " + std::to_string(rows) + " x " + std::to_string(cols));
       }
       auto host = f.template matrix<T>(name);
       if (host.rows() != rows || host.cols() != cols) {
-        detail::throw_invalid_argument(
-            fn, "file", where + " with tensor '" + name + "' of " + detail::shape_of(host),
-            std::to_string(rows) + " x " + std::to_string(cols));
+        src.fail("with tensor '" + name + "' of " + detail::shape_of(host),
+                 std::to_string(rows) + " x " + std::to_string(cols));
       }
       matrix<T, Backend> x(ctx, rows, cols);
       if (x.size() > 0) ops<Backend>::upload(ctx, as_const(view(host)), x.view());
@@ -397,38 +377,19 @@ class projected_adam {
     for (std::size_t i = 0; i < slots_.size(); ++i) {
       const auto& live = slots_[i];
       const std::string key = "slot." + std::to_string(i) + ".";
-      expect(key + "layout", layout_of(live));
+      src.expect(key + "layout", layout_of(live));
       slot s;
       s.weight = live.weight;
-      const auto counters = split(need(key + "counters"));
-      if (counters.size() != 4) {
-        detail::throw_invalid_argument(fn, "file", where + " with malformed " + key + "counters",
-                                       "four counters");
-      }
-      s.steps = unsigned_of(fn, where, counters[0]);
-      s.moment_steps = unsigned_of(fn, where, counters[1]);
-      s.skipped = unsigned_of(fn, where, counters[2]);
-      s.fira_norm = unhex(fn, where, counters[3]);
+      const auto counters = detail::words(src, key + "counters", 4);
+      s.steps = detail::unsigned_of(src, counters[0]);
+      s.moment_steps = detail::unsigned_of(src, counters[1]);
+      s.skipped = detail::unsigned_of(src, counters[2]);
+      s.fira_norm = detail::unhex(src, counters[3]);
       s.m = matrix_of(key + "exp_avg", live.m.rows(), live.m.cols());
       s.v = matrix_of(key + "exp_avg_sq", live.v.rows(), live.v.cols());
       if (live.proj) {
-        const auto& lp = *live.proj;
-        projector<T, Backend> p(lp.rows(), lp.cols(), lp.options());
-        const auto c = split(need(key + "projector"));
-        if (c.size() != 4) {
-          detail::throw_invalid_argument(fn, "file", where + " with malformed " + key + "projector",
-                                         "four projector counters");
-        }
-        const std::uint64_t refreshes = unsigned_of(fn, where, c[0]);
-        if (refreshes > 0) {
-          matrix<T, Backend> u;
-          matrix<T, Backend> v;
-          if (p.projects_left()) u = matrix_of(key + "basis_left", p.rows(), p.rank());
-          if (p.projects_right()) v = matrix_of(key + "basis_right", p.cols(), p.rank());
-          p.set_basis(ctx, as_const(u.view()), as_const(v.view()));
-        }
-        p.set_counters(refreshes, unsigned_of(fn, where, c[1]), unsigned_of(fn, where, c[2]),
-                       unhex(fn, where, c[3]));
+        projector<T, Backend> p(live.proj->rows(), live.proj->cols(), live.proj->options());
+        p.load_state(ctx, key, src);
         s.proj.emplace(std::move(p));
       }
       loaded.push_back(std::move(s));
@@ -563,55 +524,14 @@ class projected_adam {
     ops<Backend>::axpby(ctx, T(-step_size), as_const(res), T(1), s.weight);
   }
 
-  // --- Checkpoint text --------------------------------------------------------------
-
-  /// A double as a hexadecimal float: exact both ways.
-  static std::string hex(double x) {
-    char buffer[64];
-    std::snprintf(buffer, sizeof buffer, "%a", x);
-    return buffer;
-  }
-  static double unhex(const char* fn, const std::string& where, const std::string& text) {
-    char* end = nullptr;
-    const double x = std::strtod(text.c_str(), &end);
-    if (text.empty() || end != text.c_str() + text.size()) {
-      detail::throw_invalid_argument(fn, "file", where + " with the number '" + text + "'",
-                                     "a hexadecimal floating-point number");
-    }
-    return x;
-  }
-  static std::uint64_t unsigned_of(const char* fn, const std::string& where,
-                                   const std::string& text) {
-    std::uint64_t x = 0;
-    bool ok = !text.empty() && text.size() <= 19;
-    for (const char ch : text) {
-      if (ch < '0' || ch > '9') ok = false;
-      if (ok) x = 10 * x + std::uint64_t(ch - '0');
-    }
-    if (!ok) {
-      detail::throw_invalid_argument(fn, "file", where + " with the counter '" + text + "'",
-                                     "a decimal integer below 10^19");
-    }
-    return x;
-  }
-  static std::vector<std::string> split(const std::string& text) {
-    std::vector<std::string> parts;
-    std::size_t at = 0;
-    while (at <= text.size()) {
-      const std::size_t next = std::min(text.find(' ', at), text.size());
-      parts.push_back(text.substr(at, next - at));
-      at = next + 1;
-    }
-    return parts;
-  }
-
   /// The options a checkpoint must share with the optimizer loading it.
   static std::string describe(const projected_adam_options& o) {
     std::string text =
-        "beta1=" + hex(o.beta1) + " beta2=" + hex(o.beta2) + " eps=" + hex(o.eps) +
-        " weight_decay=" + hex(o.weight_decay) + " semantics=" + std::to_string(int(o.semantics)) +
+        "beta1=" + detail::hex(o.beta1) + " beta2=" + detail::hex(o.beta2) +
+        " eps=" + detail::hex(o.eps) + " weight_decay=" + detail::hex(o.weight_decay) +
+        " semantics=" + std::to_string(int(o.semantics)) +
         " moments=" + std::to_string(int(o.moments)) +
-        " residual=" + std::to_string(int(o.residual)) + " fira_limit=" + hex(o.fira_limit);
+        " residual=" + std::to_string(int(o.residual)) + " fira_limit=" + detail::hex(o.fira_limit);
     return text;
   }
   static std::string layout_of(const slot& s) {
@@ -621,10 +541,17 @@ class projected_adam {
     return text + " projected rank=" + std::to_string(o.rank) +
            " side=" + std::to_string(int(o.side)) + " method=" + std::to_string(int(o.method)) +
            " gap=" + std::to_string(o.update_gap) + " stagger=" + std::to_string(int(o.stagger)) +
-           " scale=" + hex(o.scale) + " seed=" + std::to_string(o.seed) +
+           " scale=" + detail::hex(o.scale) + " seed=" + std::to_string(o.seed) +
            " layer=" + std::to_string(o.layer) + " p=" + std::to_string(o.oversampling) +
            " q=" + std::to_string(o.power_iterations) +
-           " warm=" + std::to_string(o.warm_iterations) + " overlap=" + hex(o.warm_min_overlap);
+           " warm=" + std::to_string(o.warm_iterations) +
+           " overlap=" + detail::hex(o.warm_min_overlap) +
+           " bits=" + std::to_string(o.quantize_bits) +
+           " group=" + std::to_string(o.quantize_group) + " lazy=" + std::to_string(int(o.lazy)) +
+           " queue=" + std::to_string(o.lazy_queue) +
+           " threshold=" + detail::hex(o.lazy_threshold) + " growth=" + detail::hex(o.lazy_growth) +
+           " abs=" + std::to_string(int(o.lazy_abs_cosine)) +
+           " max_gap=" + std::to_string(o.max_gap);
   }
 
   projected_adam_options options_;

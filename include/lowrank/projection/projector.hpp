@@ -63,23 +63,56 @@
 /// the new ones), and `overlap()` = min over the sides of ||C||_F^2 / r, in
 /// [0, 1] (1: same subspace).
 ///
+/// **Q-GaLore** (q-galore-torch's QGaLoreProjector, two options each
+/// independent of the other):
+/// - `quantize_bits` 4 or 8 stores the basis as codes: asymmetric min-max
+///   quantisation per group of `quantize_group` (256) consecutive elements of
+///   the reference's flattened P (U row by row; V, whose transpose P is,
+///   column by column), s = max(max - min, 1e-5) / (2^b - 1), z =
+///   clamp(-round(min / s), 0, 2^b - 1), q = clamp(round(P / s) + z, 0,
+///   2^b - 1), rounding half to even, in T; 4-bit codes packed two a byte
+///   (the reference keeps one a byte). The basis is dequantized, s (q - z),
+///   into workspace on every use (project, back-projection, the next warm
+///   start); the transitions and the lazy rule use the new basis before
+///   quantisation. The last group may be shorter (the reference requires
+///   whole groups).
+/// - `lazy`: after each refresh with a previous basis, the cosine between
+///   the previous and the new first basis vector (V's first column for the
+///   right side, else U's) joins a queue of the last `lazy_queue` (5); when the
+///   queue is full and its mean is >= `lazy_threshold` (0.4), the gap becomes
+///   floor(gap `lazy_growth`) (2), capped by `max_gap` if set. `due(step)`
+///   then tests step mod the current gap (not last refresh + gap), as the
+///   reference does. The reference's cosine is signed (an SVD sign flip reads
+///   as -1; our exact and randomized bases have canonical signs, warm bases
+///   stay close to the previous one); `lazy_abs_cosine` compares |cos|. The
+///   queue is never cleared, so a stable subspace grows the gap at every
+///   refresh, uncapped by default, like the reference.
+///
 /// **Memory.** State: the basis, r (m or n or both) scalars, and the
-/// transitions, r^2 per side (`state_bytes()`). Refresh workspace
-/// (`refresh_workspace_bytes()`, besides what the SVD routines take inside
-/// the backend): exact m n + (m + n + 1) min(m, n); randomized (m + n) (r + p)
-/// + 2 (r + p)^2; warm (m + n) r + 2 r^2 per side + the randomized fallback
-/// when taken; random the basis; plus a copy of the old basis.
+/// transitions, r^2 per side; quantized, ceil(b r n / 8) bytes of codes and
+/// a scale and zero point per group instead of the basis; lazy, one basis
+/// vector (`state_bytes()`). What a refresh allocates, bounded by
+/// `refresh_workspace_bytes()` (tests/projection/memory_test.cpp counts it):
+/// the new basis beside the old, O(r^2) per side, and by method: exact at
+/// most 2 m n + 3 (m + n) min(m, n) + 8 min(m, n)^2 scalars (LAPACK's copy
+/// of G and workspace, the thin factors, the SVD's residual check);
+/// randomized at most 4 (m + n) (r + p) (no copy of G); warm (m + n) r per
+/// side (plus the randomized fallback when taken); random nothing more.
 ///
 /// **Errors.** lowrank::invalid_argument for options (the message names the
 /// function, the option, its value and what was expected) and for arguments
 /// of the wrong shape. A throwing call changes nothing.
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/error.hpp"
@@ -89,7 +122,9 @@
 #include "lowrank/decomp/orthonormalize.hpp"
 #include "lowrank/decomp/randomized_svd.hpp"
 #include "lowrank/decomp/truncated_svd.hpp"
+#include "lowrank/io/safetensors.hpp"
 #include "lowrank/projection/backend.hpp"
+#include "lowrank/projection/detail/checkpoint.hpp"
 #include "lowrank/random/streams.hpp"
 
 namespace lowrank {
@@ -132,6 +167,15 @@ struct projector_options {
   index_t power_iterations = 2;   ///< randomized: q >= 0
   index_t warm_iterations = 1;    ///< warm: subspace iterations, >= 1
   double warm_min_overlap = 0.5;  ///< warm: fall back below, in [0, 1]
+  // Q-GaLore (see the file comment; q-galore-torch's names in brackets).
+  int quantize_bits = 0;         ///< 0: a float basis; 4 or 8: codes [proj_bits]
+  index_t quantize_group = 256;  ///< elements per group, >= 1, even for 4 bits [proj_group_size]
+  bool lazy = false;             ///< lazy refresh: the gap grows while the basis is stable
+  index_t lazy_queue = 5;        ///< cosines averaged, >= 1 [queue_size]
+  double lazy_threshold = 0.4;   ///< grow when their mean >= this [cos_threshold]
+  double lazy_growth = 2;        ///< gap <- floor(gap growth), >= 1 [gamma_proj]
+  bool lazy_abs_cosine = false;  ///< |cos| (the reference compares signed cosines)
+  index_t max_gap = 0;           ///< the lazy gap's cap; 0: none (the reference)
 };
 
 template <scalar T, class Backend = cpu>
@@ -144,10 +188,12 @@ class projector {
   /// A projector for m x n gradients, with no basis yet.
   /// @throws lowrank::invalid_argument if rows or cols < 2, rank < 1,
   ///   update_gap < 1, scale not finite, layer >= 2^30, oversampling,
-  ///   power_iterations < 0, warm_iterations < 1 or warm_min_overlap not in
-  ///   [0, 1].
+  ///   power_iterations < 0, warm_iterations < 1, warm_min_overlap not in
+  ///   [0, 1], quantize_bits not 0, 4 or 8, quantize_group < 1 (or odd for
+  ///   4 bits), lazy_queue < 1, lazy_threshold not finite, lazy_growth < 1
+  ///   or max_gap < 0.
   projector(index_t rows, index_t cols, const projector_options& options = {})
-      : options_(checked(rows, cols, options)), rows_(rows), cols_(cols) {
+      : options_(checked(rows, cols, options)), rows_(rows), cols_(cols), gap_(options.update_gap) {
     rank_ = std::min({options.rank, rows, cols});
     switch (options.side) {
       case projection_side::standard:
@@ -177,9 +223,28 @@ class projector {
   [[nodiscard]] index_t projected_cols() const noexcept { return projects_right() ? rank_ : cols_; }
 
   [[nodiscard]] bool has_basis() const noexcept { return refreshes_ > 0; }
-  /// U (m x r; empty for the right side) and V (n x r; empty for the left side).
+  /// U (m x r; empty for the right side) and V (n x r; empty for the left
+  /// side); both empty when the projector quantizes (see basis_copy).
   [[nodiscard]] matrix_view<const T, Backend> left_basis() const noexcept { return u_.view(); }
   [[nodiscard]] matrix_view<const T, Backend> right_basis() const noexcept { return v_.view(); }
+  /// A copy of U (`left`) or V, dequantized when the projector quantizes.
+  [[nodiscard]] matrix<T, Backend> basis_copy(context<Backend>& ctx, bool left) const {
+    const index_t n = left ? rows_ : cols_;
+    matrix<T, Backend> out(ctx, n, rank_);
+    if ((left ? projects_left() : projects_right()) && has_basis()) {
+      auto ws = ctx.workspace();
+      ops<Backend>::copy(ctx, basis_of(ctx, ws, left), out.view());
+    } else {
+      out = matrix<T, Backend>(ctx, 0, 0);
+    }
+    return out;
+  }
+  /// Whether the basis is stored as Q-GaLore's codes.
+  [[nodiscard]] bool quantized() const noexcept { return options_.quantize_bits != 0; }
+  /// The refresh gap now in force: T, or the lazy rule's.
+  [[nodiscard]] index_t current_gap() const noexcept { return gap_; }
+  /// The lazy rule's last cosines (at most lazy_queue, oldest first).
+  [[nodiscard]] const std::vector<double>& cosines() const noexcept { return cosines_; }
   /// U_new^T U_old and V_new^T V_old of the last refresh (r x r; empty before
   /// the second refresh, or for a side not projected).
   [[nodiscard]] matrix_view<const T, Backend> transition_left() const noexcept {
@@ -202,36 +267,60 @@ class projector {
   /// Whether the step numbered `step` (0-based, counted before the step)
   /// refreshes: no basis yet, or step mod T = phase (see the file comment).
   [[nodiscard]] bool due(std::uint64_t step) const noexcept {
-    const auto gap = static_cast<std::uint64_t>(options_.update_gap);
+    const auto gap = static_cast<std::uint64_t>(gap_);
     const std::uint64_t phase = options_.stagger ? options_.layer % gap : 0;
     return !has_basis() || step % gap == phase;
   }
 
-  /// Bytes of state: the basis and the transitions (see the file comment).
+  /// Bytes of state: the basis (float, or codes with a scale and a zero
+  /// point per group), the transitions, and for the lazy rule the last first
+  /// basis vector (see the file comment).
   [[nodiscard]] std::size_t state_bytes() const noexcept {
     const std::size_t sides = (projects_left() ? 1 : 0) + (projects_right() ? 1 : 0);
     const std::size_t basis = (projects_left() ? rows_ : 0) + (projects_right() ? cols_ : 0);
-    return sizeof(T) * std::size_t(rank_) * (basis + sides * std::size_t(rank_));
+    const auto r = std::size_t(rank_);
+    std::size_t bytes = sizeof(T) * sides * r * r;
+    if (quantized()) {
+      const auto side_bytes = [&](index_t n) {
+        const std::size_t elements = std::size_t(n) * r;
+        const std::size_t groups = (elements + std::size_t(options_.quantize_group) - 1) /
+                                   std::size_t(options_.quantize_group);
+        return (options_.quantize_bits == 4 ? (elements + 1) / 2 : elements) +
+               2 * sizeof(T) * groups;
+      };
+      if (projects_left()) bytes += side_bytes(rows_);
+      if (projects_right()) bytes += side_bytes(cols_);
+    } else {
+      bytes += sizeof(T) * r * basis;
+    }
+    if (options_.lazy) bytes += sizeof(T) * std::size_t(projects_right() ? cols_ : rows_);
+    return bytes;
   }
 
-  /// Bytes of workspace a refresh takes by the projector's method (see the
-  /// file comment; `warm` without its fallback), besides the backend's own.
+  /// An upper bound of the bytes a refresh allocates by the projector's
+  /// method (see the file comment; `warm` without its fallback), the
+  /// backend's SVD workspaces included.
   [[nodiscard]] std::size_t refresh_workspace_bytes() const noexcept {
     const auto m = std::size_t(rows_);
     const auto n = std::size_t(cols_);
     const auto r = std::size_t(rank_);
-    const std::size_t old = r * ((projects_left() ? m : 0) + (projects_right() ? n : 0));
+    const std::size_t sides = (projects_left() ? 1 : 0) + (projects_right() ? 1 : 0);
+    // The new basis beside the old one; per side the Cholesky QR's and the
+    // transition's r x r matrices and some bookkeeping.
+    const std::size_t basis =
+        sizeof(T) * r * ((projects_left() ? m : 0) + (projects_right() ? n : 0));
+    const std::size_t small = sides * (8 * (sizeof(T) + sizeof(double)) * r * r + 4096);
+    const std::size_t k = std::min(m, n);
     switch (options_.method) {
       case refresh_method::exact:
-        return sizeof(T) * (m * n + (m + n + 1) * std::min(m, n)) + old * sizeof(T);
+        // LAPACK's copy of G and workspace, the thin factors, the SVD's check.
+        return sizeof(T) * (2 * m * n + 3 * (m + n) * k + 8 * k * k) + basis + small;
       case refresh_method::randomized:
-        return randomized_bytes() + old * sizeof(T);
-      case refresh_method::warm: {
-        const std::size_t sides = (projects_left() ? 1 : 0) + (projects_right() ? 1 : 0);
-        return sizeof(T) * ((m + n) * r + 2 * sides * r * r) + old * sizeof(T);
-      }
+        return randomized_bytes() + basis + small;
+      case refresh_method::warm:
+        return sizeof(T) * (m + n) * r * sides + basis + small;
       case refresh_method::random:
-        return old * sizeof(T);
+        return basis + small;
     }
     return 0;
   }
@@ -306,13 +395,127 @@ class projector {
     install(ctx, std::move(nu), std::move(nv));
   }
 
-  /// Restores the counters of a saved projector (projected_adam's load).
-  void set_counters(std::uint64_t refreshes, std::uint64_t skipped, std::uint64_t fallbacks,
-                    double overlap) noexcept {
-    refreshes_ = refreshes;
-    skipped_ = skipped;
-    fallbacks_ = fallbacks;
-    overlap_ = overlap;
+  // --- Checkpoints ---------------------------------------------------------------
+
+  /// Appends the projector's state to a checkpoint (projected_adam::save):
+  /// metadata `<prefix>projector` (counters, gap, the lazy queue) and tensors
+  /// `<prefix>basis_left` / `basis_right` (float bases), or
+  /// `<prefix>codes_left`, `scales_left`, `zeros_left` (and `_right`: codes
+  /// as byte values), and `<prefix>first_vector` (the lazy rule's).
+  void save_state(context<Backend>& ctx, const std::string& prefix,
+                  std::vector<io::tensor_to_write>& tensors,
+                  std::map<std::string, std::string>& meta) const {
+    const io::dtype type = std::is_same_v<T, float> ? io::dtype::float32 : io::dtype::float64;
+    std::string text = std::to_string(refreshes_) + " " + std::to_string(skipped_) + " " +
+                       std::to_string(fallbacks_) + " " + detail::hex(overlap_) + " " +
+                       std::to_string(gap_) + " " + std::to_string(cosines_.size());
+    for (const double c : cosines_) text += " " + detail::hex(c);
+    meta[prefix + "projector"] = text;
+    if (!has_basis()) return;
+    for (const bool left : {true, false}) {
+      if (!(left ? projects_left() : projects_right())) continue;
+      const std::string side = left ? "_left" : "_right";
+      if (!quantized()) {
+        tensors.push_back(
+            {prefix + "basis" + side, type, host_copy(ctx, left ? u_.view() : v_.view()), false});
+        continue;
+      }
+      const auto& q = left ? qu_ : qv_;
+      const auto bytes = q.bytes.to_eigen();
+      tensors.push_back(
+          {prefix + "codes" + side, io::dtype::float32, bytes.template cast<double>(), false});
+      tensors.push_back(
+          {prefix + "scales" + side, type, host_copy(ctx, q.scales.view().as_matrix()), false});
+      tensors.push_back(
+          {prefix + "zeros" + side, type, host_copy(ctx, q.zeros.view().as_matrix()), false});
+    }
+    if (first_.rows() != 0) {
+      tensors.push_back({prefix + "first_vector", type, host_copy(ctx, first_.view()), false});
+    }
+  }
+
+  /// Replaces the state by the one save_state wrote under `prefix`; the
+  /// projector must have the saved shape and options (the caller checks
+  /// them). Nothing changes when it throws.
+  /// @throws lowrank::invalid_argument (src.fn, argument `file`) for a
+  ///   missing, malformed or misshapen entry.
+  void load_state(context<Backend>& ctx, const std::string& prefix,
+                  const detail::checkpoint_source& src) {
+    projector p(rows_, cols_, options_);
+    auto words = detail::split(src.need(prefix + "projector"));
+    if (words.size() < 6) src.fail("with malformed " + prefix + "projector", "6 or more values");
+    p.refreshes_ = detail::unsigned_of(src, words[0]);
+    p.skipped_ = detail::unsigned_of(src, words[1]);
+    p.fallbacks_ = detail::unsigned_of(src, words[2]);
+    p.overlap_ = detail::unhex(src, words[3]);
+    const std::uint64_t gap = detail::unsigned_of(src, words[4]);
+    const std::uint64_t count = detail::unsigned_of(src, words[5]);
+    if (gap < 1 || gap > std::uint64_t(1) << 62 || count > std::uint64_t(options_.lazy_queue) ||
+        words.size() != 6 + count) {
+      src.fail("with malformed " + prefix + "projector",
+               "a gap >= 1 and at most lazy_queue cosines");
+    }
+    p.gap_ = index_t(gap);
+    for (std::size_t i = 0; i < count; ++i) p.cosines_.push_back(detail::unhex(src, words[6 + i]));
+    const auto read = [&](const std::string& name, index_t rows, index_t cols) {
+      if (!src.file->contains(name)) {
+        src.fail("without tensor '" + name + "'",
+                 "a tensor of " + std::to_string(rows) + " x " + std::to_string(cols));
+      }
+      auto h = src.file->template matrix<T>(name);
+      if (h.rows() != rows || h.cols() != cols) {
+        src.fail("with tensor '" + name + "' of " + detail::shape_of(h),
+                 std::to_string(rows) + " x " + std::to_string(cols));
+      }
+      return h;
+    };
+    const auto upload = [&](const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>& h,
+                            matrix_view<T, Backend> out) {
+      if (h.size() > 0) ops<Backend>::upload(ctx, as_const(view(h)), out);
+    };
+    if (p.refreshes_ > 0) {
+      for (const bool left : {true, false}) {
+        if (!(left ? projects_left() : projects_right())) continue;
+        const std::string side = left ? "_left" : "_right";
+        const index_t n = left ? rows_ : cols_;
+        if (!quantized()) {
+          auto& b = left ? p.u_ : p.v_;
+          b = matrix<T, Backend>(ctx, n, rank_);
+          upload(read(prefix + "basis" + side, n, rank_), b.view());
+          continue;
+        }
+        const index_t elements = n * rank_;
+        const index_t groups = (elements + options_.quantize_group - 1) / options_.quantize_group;
+        const index_t nbytes = options_.quantize_bits == 4 ? (elements + 1) / 2 : elements;
+        const auto values = read(prefix + "codes" + side, nbytes, 1);
+        Eigen::Matrix<std::uint8_t, Eigen::Dynamic, 1> bytes(nbytes);
+        for (index_t k = 0; k < nbytes; ++k) {
+          const T x = values(k);
+          if (!(x >= 0 && x <= 255 && x == std::floor(x))) {
+            src.fail("with tensor '" + prefix + "codes" + side + "' holding " + std::to_string(x),
+                     "byte values 0 to 255");
+          }
+          bytes(k) = static_cast<std::uint8_t>(x);
+        }
+        auto& q = left ? p.qu_ : p.qv_;
+        if constexpr (std::is_same_v<Backend, cpu>) {
+          q.bytes = vector<std::uint8_t, cpu>(ctx, nbytes);
+          q.bytes = bytes;
+        } else {
+          q.bytes = vector<std::uint8_t, Backend>(ctx, bytes);
+        }
+        q.scales = vector<T, Backend>(ctx, groups);
+        q.zeros = vector<T, Backend>(ctx, groups);
+        upload(read(prefix + "scales" + side, groups, 1), q.scales.view().as_matrix());
+        upload(read(prefix + "zeros" + side, groups, 1), q.zeros.view().as_matrix());
+      }
+    }
+    if (options_.lazy && p.refreshes_ > 0) {
+      const index_t n = projects_right() ? cols_ : rows_;
+      p.first_ = matrix<T, Backend>(ctx, n, 1);
+      upload(read(prefix + "first_vector", n, 1), p.first_.view());
+    }
+    *this = std::move(p);
   }
 
   // --- Projection ----------------------------------------------------------------
@@ -327,8 +530,9 @@ class projector {
     detail::require_shape(fn, "g", g, rows_, cols_);
     detail::require_shape(fn, "r", r, projected_rows(), projected_cols());
     detail::require_apart(fn, "r", r, "g", g);
-    const auto u = u_.view();
-    const auto v = v_.view();
+    auto bases = ctx.workspace();
+    const auto u = projects_left() ? basis_of(ctx, bases, true) : u_.view();
+    const auto v = projects_right() ? basis_of(ctx, bases, false) : v_.view();
     switch (side_) {
       case projection_side::left:
         ops<Backend>::gemm(ctx, transpose::yes, transpose::no, T(1), u, g, T(0), r);
@@ -402,6 +606,28 @@ class projector {
       detail::throw_invalid_argument(fn, "options.warm_min_overlap", o.warm_min_overlap,
                                      "a value in [0, 1]");
     }
+    if (o.quantize_bits != 0 && o.quantize_bits != 4 && o.quantize_bits != 8) {
+      detail::throw_invalid_argument(fn, "options.quantize_bits", o.quantize_bits,
+                                     "0 (a float basis), 4 or 8");
+    }
+    if (o.quantize_group < 1 || (o.quantize_bits == 4 && o.quantize_group % 2 != 0)) {
+      detail::throw_invalid_argument(fn, "options.quantize_group", o.quantize_group,
+                                     ">= 1, and even for 4-bit codes (two a byte)");
+    }
+    if (o.lazy_queue < 1) {
+      detail::throw_invalid_argument(fn, "options.lazy_queue", o.lazy_queue, ">= 1");
+    }
+    if (!std::isfinite(o.lazy_threshold)) {
+      detail::throw_invalid_argument(fn, "options.lazy_threshold", o.lazy_threshold,
+                                     "a finite number");
+    }
+    if (!(o.lazy_growth >= 1 && std::isfinite(o.lazy_growth))) {
+      detail::throw_invalid_argument(fn, "options.lazy_growth", o.lazy_growth,
+                                     "a finite value >= 1");
+    }
+    if (o.max_gap < 0) {
+      detail::throw_invalid_argument(fn, "options.max_gap", o.max_gap, ">= 0 (0: no cap)");
+    }
     return o;
   }
 
@@ -418,8 +644,9 @@ class projector {
     detail::require_shape(fn, "n", n, projected_rows(), projected_cols());
     detail::require_shape(fn, "y", y, rows_, cols_);
     detail::require_apart(fn, "y", y, "n", n);
-    const auto u = u_.view();
-    const auto v = v_.view();
+    auto bases = ctx.workspace();
+    const auto u = projects_left() ? basis_of(ctx, bases, true) : u_.view();
+    const auto v = projects_right() ? basis_of(ctx, bases, false) : v_.view();
     switch (side_) {
       case projection_side::left:
         ops<Backend>::gemm(ctx, transpose::no, transpose::no, a, u, n, beta, y);
@@ -436,9 +663,12 @@ class projector {
     }
   }
 
+  /// The randomized SVD's sketch, its products and factors: at most 4 (m + n)
+  /// l scalars and 16 l^2 doubles, l = r + p.
   [[nodiscard]] std::size_t randomized_bytes() const noexcept {
     const auto l = std::size_t(std::min(rank_ + options_.oversampling, std::min(rows_, cols_)));
-    return sizeof(T) * ((std::size_t(rows_) + std::size_t(cols_)) * l) + 2 * sizeof(double) * l * l;
+    return 4 * sizeof(T) * (std::size_t(rows_) + std::size_t(cols_)) * l +
+           16 * sizeof(double) * l * l;
   }
 
   /// The basis of the randomized SVD of G, sketched from this layer's stream.
@@ -480,8 +710,9 @@ class projector {
       }
       return overlap_of(ctx, as_const(out.view()), old) >= options_.warm_min_overlap;
     };
-    if (projects_left() && !iterate(u_.view(), true, u)) return false;
-    if (projects_right() && !iterate(v_.view(), false, v)) return false;
+    auto bases = ctx.workspace();
+    if (projects_left() && !iterate(basis_of(ctx, bases, true), true, u)) return false;
+    if (projects_right() && !iterate(basis_of(ctx, bases, false), false, v)) return false;
     return true;
   }
 
@@ -507,23 +738,104 @@ class projector {
     return ops<Backend>::squared_norm(ctx, as_const(c.view())) / double(rank_);
   }
 
-  /// Takes the new basis; the transitions from the old one, if any.
+  /// The basis of one side as a view: the float basis, or the codes
+  /// dequantized into a piece of `frame` (valid while the frame is open).
+  template <class Frame>
+  [[nodiscard]] matrix_view<const T, Backend> basis_of(context<Backend>& ctx, Frame& frame,
+                                                       bool left) const {
+    if (!quantized()) return left ? u_.view() : v_.view();
+    const index_t n = left ? rows_ : cols_;
+    const auto& q = left ? qu_ : qv_;
+    matrix_view<T, Backend> out(frame.template take<T>(std::size_t(n * rank_)), n, rank_);
+    ops<Backend>::dequantize_groups(ctx, as_const(q.bytes.view()), as_const(q.scales.view()),
+                                    as_const(q.zeros.view()), options_.quantize_group,
+                                    options_.quantize_bits, left, out);
+    return as_const(out);
+  }
+
+  /// Codes of one side's basis, grouped as q-galore-torch groups its
+  /// flattened P: U (P, m x r) row by row, V (P = V^T) column by column.
+  struct quantized_basis {
+    vector<std::uint8_t, Backend> bytes;
+    vector<T, Backend> scales, zeros;
+  };
+  [[nodiscard]] quantized_basis quantize(context<Backend>& ctx, matrix_view<const T, Backend> basis,
+                                         bool left) const {
+    const index_t n = basis.size();
+    const index_t groups = (n + options_.quantize_group - 1) / options_.quantize_group;
+    quantized_basis c{
+        vector<std::uint8_t, Backend>(ctx, options_.quantize_bits == 4 ? (n + 1) / 2 : n),
+        vector<T, Backend>(ctx, groups), vector<T, Backend>(ctx, groups)};
+    ops<Backend>::quantize_groups(ctx, basis, left, options_.quantize_group, options_.quantize_bits,
+                                  c.bytes.view(), c.scales.view(), c.zeros.view());
+    return c;
+  }
+
+  /// The lazy rule after a new basis whose first vector is `first` (n x 1):
+  /// the cosine with the previous one joins the queue, and a full queue
+  /// whose mean reaches the threshold grows the gap (q-galore-torch).
+  void lazy_update(context<Backend>& ctx, matrix_view<const T, Backend> first) {
+    if (first_.rows() != 0) {
+      vector<double, Backend> d(ctx, 3);
+      ops<Backend>::column_dots(ctx, as_const(first_.view()), first, d.view().segment(0, 1));
+      ops<Backend>::column_dots(ctx, as_const(first_.view()), as_const(first_.view()),
+                                d.view().segment(1, 1));
+      ops<Backend>::column_dots(ctx, first, first, d.view().segment(2, 1));
+      Eigen::VectorXd h(3);
+      ops<Backend>::download(ctx, as_const(d.view().as_matrix()), view(h));
+      // torch.nn.functional.cosine_similarity: x.y / max(|x| |y|, 1e-8).
+      double c = h(0) / std::max(std::sqrt(h(1)) * std::sqrt(h(2)), 1e-8);
+      if (options_.lazy_abs_cosine) c = std::abs(c);
+      cosines_.push_back(c);
+      if (index_t(cosines_.size()) > options_.lazy_queue) cosines_.erase(cosines_.begin());
+      double mean = 0;
+      for (const double x : cosines_) mean += x;
+      mean /= double(cosines_.size());
+      if (index_t(cosines_.size()) == options_.lazy_queue && mean >= options_.lazy_threshold) {
+        const double grown = std::floor(double(gap_) * options_.lazy_growth);
+        const double cap = options_.max_gap > 0 ? double(options_.max_gap) : 1e18;
+        gap_ = index_t(std::min(grown, cap));
+      }
+    } else {
+      first_ = matrix<T, Backend>(ctx, first.rows(), 1);
+    }
+    ops<Backend>::copy(ctx, first, first_.view());
+  }
+
+  static Eigen::MatrixXd host_copy(context<Backend>& ctx, matrix_view<const T, Backend> x) {
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> h(x.rows(), x.cols());
+    if (x.size() > 0) ops<Backend>::download(ctx, x, view(h));
+    return h.template cast<double>();
+  }
+
+  /// Takes the new basis; the transitions from the old one, if any; the lazy
+  /// rule; the codes, when the projector quantizes.
   void install(context<Backend>& ctx, matrix<T, Backend>&& u, matrix<T, Backend>&& v) {
     if (!projects_left()) u = matrix<T, Backend>();
     if (!projects_right()) v = matrix<T, Backend>();
     if (has_basis()) {
       double overlap = 1;
-      const auto transition = [&](const matrix<T, Backend>& now, const matrix<T, Backend>& old,
-                                  matrix<T, Backend>& c) {
+      auto bases = ctx.workspace();
+      const auto transition = [&](const matrix<T, Backend>& now, bool left, matrix<T, Backend>& c) {
         c = matrix<T, Backend>(ctx, rank_, rank_);
-        ops<Backend>::gemm(ctx, transpose::yes, transpose::no, T(1), now.view(), old.view(), T(0),
-                           c.view());
+        ops<Backend>::gemm(ctx, transpose::yes, transpose::no, T(1), now.view(),
+                           basis_of(ctx, bases, left), T(0), c.view());
         overlap =
             std::min(overlap, ops<Backend>::squared_norm(ctx, as_const(c.view())) / double(rank_));
       };
-      if (projects_left()) transition(u, u_, c_left_);
-      if (projects_right()) transition(v, v_, c_right_);
+      if (projects_left()) transition(u, true, c_left_);
+      if (projects_right()) transition(v, false, c_right_);
       overlap_ = overlap;
+    }
+    if (options_.lazy) {
+      const auto& basis = projects_right() ? v : u;
+      lazy_update(ctx, as_const(basis.view().left_cols(1)));
+    }
+    if (quantized()) {
+      if (projects_left()) qu_ = quantize(ctx, as_const(u.view()), true);
+      if (projects_right()) qv_ = quantize(ctx, as_const(v.view()), false);
+      u = matrix<T, Backend>();
+      v = matrix<T, Backend>();
     }
     u_ = std::move(u);
     v_ = std::move(v);
@@ -535,7 +847,11 @@ class projector {
   index_t cols_ = 0;
   index_t rank_ = 0;
   projection_side side_ = projection_side::right;
-  matrix<T, Backend> u_, v_;             // the basis
+  index_t gap_ = 1;                      // the refresh gap in force
+  matrix<T, Backend> u_, v_;             // the basis (empty when quantized)
+  quantized_basis qu_, qv_;              // the basis as codes (when quantized)
+  matrix<T, Backend> first_;             // the lazy rule's last first vector
+  std::vector<double> cosines_;          // the lazy rule's queue
   matrix<T, Backend> c_left_, c_right_;  // the last transitions
   double overlap_ = 1;
   std::uint64_t refreshes_ = 0;

@@ -335,7 +335,8 @@ struct cpu_core_ops {
   template <scalar T>
   static double max_abs(context<cpu>& ctx, matrix_view<const T, cpu> x) {
     const index_t parts = column_parts(x.rows(), x.cols(), 65536);
-    std::vector<double> partial(static_cast<std::size_t>(parts), 0.0);
+    auto ws = ctx.workspace();  // no allocation once warm
+    double* partial = ws.take<double>(static_cast<std::size_t>(parts));
     ctx.pool().run(parts, [&](index_t t) {
       const auto r = part(x.cols(), parts, t);
       double largest = 0;
@@ -355,7 +356,7 @@ struct cpu_core_ops {
       partial[static_cast<std::size_t>(t)] = largest;
     });
     double largest = 0;
-    for (const double p : partial) largest = keep_nan_max(largest, p);
+    for (index_t t = 0; t < parts; ++t) largest = keep_nan_max(largest, partial[t]);
     return largest;
   }
 

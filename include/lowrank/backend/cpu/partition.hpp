@@ -112,15 +112,16 @@ template <class F>
 [[nodiscard]] double sum_over_columns(context<cpu>& ctx, index_t rows, index_t cols, index_t grain,
                                       F&& f) {
   const index_t parts = column_parts(rows, cols, grain);
-  std::vector<double> partial(static_cast<std::size_t>(parts), 0.0);
+  auto ws = ctx.workspace();  // no allocation once warm
+  double* partial = ws.take<double>(static_cast<std::size_t>(parts));
   ctx.pool().run(parts, [&](index_t t) {
     const auto r = part(cols, parts, t);
     double sum = 0;
     for (index_t j = r.begin; j < r.begin + r.size; ++j) sum += f(j);
-    partial[static_cast<std::size_t>(t)] = sum;
+    partial[t] = sum;
   });
   double total = 0;
-  for (const double p : partial) total += p;
+  for (index_t t = 0; t < parts; ++t) total += partial[t];
   return total;
 }
 

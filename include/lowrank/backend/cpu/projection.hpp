@@ -4,7 +4,9 @@
 /// operations of `projection_backend_for`, projection/backend.hpp), assembled
 /// into `lowrank::ops<lowrank::cpu>` by backend/cpu/ops.hpp.
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "lowrank/backend/cpu/context.hpp"
@@ -85,6 +87,66 @@ struct cpu_projection_ops {
     for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) {
       T* c = x.data() + j * x.ld();
       for (index_t i = 0; i < x.rows(); ++i) c[i] = std::abs(c[i]);
+    });
+  }
+
+  /// Q-GaLore's group quantisation of X (projection/backend.hpp), in T.
+  template <scalar T>
+  static void quantize_groups(context<cpu>& ctx, input<T> x, bool row_major, index_t group,
+                              int bits, vector_view<std::uint8_t, cpu> codes,
+                              vector_view<T, cpu> scales, vector_view<T, cpu> zeros) {
+    const index_t n = x.size();
+    const index_t groups = (n + group - 1) / group;
+    LOWRANK_ASSERT((bits == 4 || bits == 8) && scales.size() == groups && zeros.size() == groups &&
+                   codes.size() == (bits == 4 ? (n + 1) / 2 : n));
+    const T top = T((1 << bits) - 1);
+    const auto at = [&](index_t k) {
+      return row_major ? x(k / x.cols(), k % x.cols()) : x(k % x.rows(), k / x.rows());
+    };
+    const index_t parts = std::clamp<index_t>(n / 65536, 1, 64);
+    ctx.pool().run(std::min(parts, groups), [&](index_t t) {
+      const auto r = part(groups, std::min(parts, groups), t);
+      for (index_t g = r.begin; g < r.begin + r.size; ++g) {
+        const index_t first = g * group;
+        const index_t last = std::min(first + group, n);
+        T lo = at(first);
+        T hi = lo;
+        for (index_t k = first + 1; k < last; ++k) {
+          lo = std::min(lo, at(k));
+          hi = std::max(hi, at(k));
+        }
+        const T s = std::max(T(hi - lo), T(1e-5)) / top;
+        const T z = std::clamp(T(-std::nearbyint(lo / s)), T(0), top);
+        scales[g] = s;
+        zeros[g] = z;
+        for (index_t k = first; k < last; ++k) {
+          const auto q =
+              static_cast<std::uint8_t>(std::clamp(T(std::nearbyint(at(k) / s) + z), T(0), top));
+          if (bits == 8) {
+            codes[k] = q;
+          } else if (k % 2 == 0) {
+            codes[k / 2] = q;  // the low nibble; the high one follows
+          } else {
+            codes[k / 2] = static_cast<std::uint8_t>(codes[k / 2] | (q << 4));
+          }
+        }
+      }
+    });
+  }
+
+  /// X = s (q - z): the inverse of quantize_groups' layout, in T.
+  template <scalar T>
+  static void dequantize_groups(context<cpu>& ctx, vector_view<const std::uint8_t, cpu> codes,
+                                vector_view<const std::type_identity_t<T>, cpu> scales,
+                                vector_view<const std::type_identity_t<T>, cpu> zeros,
+                                index_t group, int bits, bool row_major, matrix_view<T, cpu> x) {
+    LOWRANK_ASSERT(bits == 4 || bits == 8);
+    for_each_column(ctx, x.rows(), x.cols(), 32768, [&](index_t j) {
+      for (index_t i = 0; i < x.rows(); ++i) {
+        const index_t k = row_major ? i * x.cols() + j : i + j * x.rows();
+        const unsigned q = bits == 8 ? codes[k] : (codes[k / 2] >> (4 * (k % 2))) & 15u;
+        x(i, j) = scales[k / group] * (T(q) - zeros[k / group]);
+      }
     });
   }
 };

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "lowrank/backend/cuda/context.hpp"
@@ -83,6 +84,37 @@ struct cuda_projection_ops {
     kernels::abs_values<<<kernels::grid_for(x.size()), kernels::block_threads, 0, ctx.stream()>>>(
         x.data(), x.ld(), x.rows(), x.cols());
     check(cudaGetLastError(), "lowrank::ops<cuda>::abs_values: kernel launch");
+  }
+
+  /// Q-GaLore's group quantisation of X (projection/backend.hpp), in T: the
+  /// CPU's bits, one thread per group.
+  template <scalar T>
+  static void quantize_groups(context<cuda>& ctx, input<T> x, bool row_major, index_t group,
+                              int bits, vector_view<std::uint8_t, cuda> codes,
+                              vector_view<T, cuda> scales, vector_view<T, cuda> zeros) {
+    const index_t groups = (x.size() + group - 1) / group;
+    LOWRANK_ASSERT((bits == 4 || bits == 8) && (bits == 8 || group % 2 == 0) &&
+                   scales.size() == groups && zeros.size() == groups);
+    if (x.empty()) return;
+    kernels::
+        quantize_groups<<<kernels::grid_for(groups), kernels::block_threads, 0, ctx.stream()>>>(
+            x.data(), x.ld(), x.rows(), x.cols(), row_major, group, bits, codes.data(),
+            scales.data(), zeros.data(), groups);
+    check(cudaGetLastError(), "lowrank::ops<cuda>::quantize_groups: kernel launch");
+  }
+
+  /// X = s (q - z): the inverse of quantize_groups' layout, in T.
+  template <scalar T>
+  static void dequantize_groups(context<cuda>& ctx, vector_view<const std::uint8_t, cuda> codes,
+                                vector_view<const std::type_identity_t<T>, cuda> scales,
+                                vector_view<const std::type_identity_t<T>, cuda> zeros,
+                                index_t group, int bits, bool row_major, matrix_view<T, cuda> x) {
+    if (x.empty()) return;
+    kernels::
+        dequantize_groups<<<kernels::grid_for(x.size()), kernels::block_threads, 0, ctx.stream()>>>(
+            codes.data(), scales.data(), zeros.data(), group, bits, row_major, x.data(), x.ld(),
+            x.rows(), x.cols());
+    check(cudaGetLastError(), "lowrank::ops<cuda>::dequantize_groups: kernel launch");
   }
 };
 
