@@ -10,12 +10,16 @@
 /// ```
 /// E = ||M||_F^2
 /// loop: Omega_i Gaussian (small x b), columns [rank, rank + b) of one big draw
-///       Q_i = orth(M Omega_i - Q (B Omega_i))
-///       repeat P: Q_i = orth(M^T Q_i - B^T (Q^T Q_i)); Q_i = orth(M Q_i - Q (B Q_i))
+///       Q_i = M Omega_i - Q (B Omega_i)
+///       repeat P: Z = orth(M^T Q_i - B^T (Q^T Q_i)); Q_i = M Z - Q (B Z)
 ///       Q_i = orth(Q_i - Q (Q^T Q_i))                  (re-orthogonalise against Q)
 ///       B_i = Q_i^T M - (Q_i^T Q) B
 ///       E -= ||B_i||_F^2                               (||M - QB||_F^2 = ||M||^2 - ||B||^2)
 /// ```
+/// One normalisation per power iteration, as in the fixed-rank range finder
+/// (range_finder.hpp): Q_i is also normalised before M^T only once a pass on
+/// Z fell back. P + 2 Cholesky QR passes a block (2P + 3 with a normalisation
+/// after every product).
 /// When a block brings E below tol^2 ||M||_F^2, that block is rotated by the
 /// SVD of B_i so its rows come in decreasing energy, and only as many of them
 /// are kept as the tolerance needs: the rank is then within the block's
@@ -79,10 +83,12 @@ matrix<T, Backend> grown(context<Backend>& ctx, const matrix<T, Backend>& old, i
 /// Sets M's scale from ||A||_F^2 (detail/common.hpp: 1 unless A's RMS entry
 /// lies outside T's safe range) and returns ||M||_F^2 in double. For a dense
 /// A whose energy is not a normal double (double data near the ends of the
-/// range), the scale comes from A's largest entry instead.
+/// range), the scale comes from A's largest entry instead. `power` as
+/// range_scale's: 4 when M^T M X is formed (power iterations).
 /// @throws lowrank::numerical_error if A is not finite.
 template <class Op>
-double scaled_energy(context<operator_backend_t<Op>>& ctx, oriented<Op>& m, const char* function) {
+double scaled_energy(context<operator_backend_t<Op>>& ctx, oriented<Op>& m, const char* function,
+                     int power) {
   using T = operator_value_t<Op>;
   using Backend = operator_backend_t<Op>;
   const double total = operator_squared_norm(ctx, m.a);
@@ -91,12 +97,12 @@ double scaled_energy(context<operator_backend_t<Op>>& ctx, oriented<Op>& m, cons
       const matrix_view<const T, Backend> a = m.a;
       const double largest = ops<Backend>::max_abs(ctx, a);
       if (!std::isfinite(largest)) throw_non_finite(ctx, function, m.a);
-      m.scale = range_scale<T>(largest);
+      m.scale = range_scale<T>(largest, power);
       return ops<Backend>::squared_norm(ctx, a, m.scale);
     }
   }
   if (!std::isfinite(total)) throw_non_finite(ctx, function, m.a);
-  m.scale = range_scale<T>(std::sqrt(total / (double(m.rows()) * double(m.cols()))));
+  m.scale = range_scale<T>(std::sqrt(total / (double(m.rows()) * double(m.cols()))), power);
   return total * m.scale * m.scale;
 }
 
@@ -110,7 +116,7 @@ qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, oriented<Op>& m, dou
   const index_t big = m.rows();
   const index_t small = m.cols();
   qb_factors<T, Backend> f;
-  f.total = scaled_energy(ctx, m, function);
+  f.total = scaled_energy(ctx, m, function, power_iterations > 0 ? 4 : 2);
   f.residual = f.total;
   index_t capacity = std::min(max_rank, 2 * block);
   f.q = matrix<T, Backend>(ctx, big, capacity);
@@ -148,22 +154,27 @@ qb_factors<T, Backend> randomized_qb(context<Backend>& ctx, oriented<Op>& m, dou
       ops<Backend>::gemm(ctx, transpose::yes, transpose::no, T(1), bt, as_const(zi), T(0), pi);
       ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(-1), q, as_const(pi), T(1), qi);
     }
-    orthonormalize(ctx, qi, orth_accuracy::basis);
+    // One normalisation per power iteration, after M^T (range_finder.hpp):
+    // Q_i is normalised too only after that pass fell back, and the last Q_i
+    // is orthonormalised below in any case.
+    bool normalise_qi = false;
     for (index_t it = 0; it < power_iterations; ++it) {
+      if (normalise_qi) orthonormalize(ctx, qi, orth_accuracy::basis);
       // Z = M^T Q_i - B^T (Q^T Q_i)
       m.apply_transposed(ctx, as_const(qi), zi);
       if (r > 0) {
         ops<Backend>::gemm(ctx, transpose::yes, transpose::no, T(1), q, as_const(qi), T(0), pi);
         ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(-1), bt, as_const(pi), T(1), zi);
       }
-      orthonormalize(ctx, zi, orth_accuracy::basis);
+      if (orthonormalize(ctx, zi, orth_accuracy::basis) != orth_method::cholesky_qr) {
+        normalise_qi = true;
+      }
       // Q_i = M Z - Q (B Z)
       m.apply(ctx, as_const(zi), qi);
       if (r > 0) {
         ops<Backend>::gemm(ctx, transpose::yes, transpose::no, T(1), bt, as_const(zi), T(0), pi);
         ops<Backend>::gemm(ctx, transpose::no, transpose::no, T(-1), q, as_const(pi), T(1), qi);
       }
-      orthonormalize(ctx, qi, orth_accuracy::basis);
     }
     // Re-orthogonalise against Q, then B_i^T = M^T Q_i - B^T (Q^T Q_i).
     if (r > 0) {

@@ -11,7 +11,10 @@
 /// B^T = W S X^T                         thin SVD of the small factor
 /// M ~ (Q X_k) S_k W_k^T                 keep k of the l columns
 /// ```
-/// 2q + 2 products with A or A^T (2 m n l flops each for a dense A); the signs follow
+/// 2q + 2 products with A or A^T (2 m n l flops each for a dense A) and q + 4
+/// Cholesky QR passes on max(m, n) x l or min(m, n) x l blocks (q in the
+/// range finder, once per power iteration; two for Q, two in tall_svd, the
+/// last of each folded into small matrices); the signs follow
 /// scikit-learn's svd_flip (the largest-magnitude entry of each column of U is positive). Memory
 /// besides the output: max(m,n) x l + min(m,n) x l + O(l^2) (no temporary exceeds max(m, n) x l).
 /// Expected Frobenius error <= (1 + k/(p-1))^{1/2} times the Eckart-Young optimum for q = 0 (HMT
@@ -34,7 +37,8 @@
 ///
 /// **Range.** Any finite A works, entries near the ends of T's range
 /// included: when the sketch (fixed rank) or A's RMS entry (fixed accuracy)
-/// lies outside T's safe range, the algorithm runs on c A for a power of two
+/// lies outside T's safe range (for q > 0, its square root: 1e-6 to 1e6 in
+/// float, as M^T M X is formed), the algorithm runs on c A for a power of two
 /// c, exactly, and divides the singular values by c (decomp/detail/common.hpp);
 /// a dense A whose first product overflows is scaled from its largest entry.
 ///

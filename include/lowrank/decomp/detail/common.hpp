@@ -39,11 +39,14 @@ using host_context = context<std::conditional_t<sizeof(Dependent) != 0, cpu, voi
 /// The power of two c that brings a data size (a largest entry, an RMS:
 /// finite and > 0) to [1, 2) when it lies outside T's safe range, and 1 inside
 /// it (see the file comment). c is a normal number of T, so that multiplying
-/// by it and by 1 / c is exact.
+/// by it and by 1 / c is exact. `power` 4 narrows the safe range to its square
+/// root (about 1e-6 to 1e6 in float): for algorithms that square the data
+/// twice (the Gram matrix of M^T M X in the subspace iteration).
 template <class T>
-[[nodiscard]] double range_scale(double size) noexcept {
-  const double low =
+[[nodiscard]] double range_scale(double size, int power = 2) noexcept {
+  double low =
       std::sqrt(double(std::numeric_limits<T>::min())) / double(std::numeric_limits<T>::epsilon());
+  if (power == 4) low = std::sqrt(low);
   if (!(size > 0) || !std::isfinite(size) || (size >= low && size <= 1 / low)) return 1;
   const int limit = std::numeric_limits<T>::max_exponent - 2;  // 126 for float, 1022 for double
   return std::ldexp(1.0, std::clamp(-std::ilogb(size), -limit, limit));
