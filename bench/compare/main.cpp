@@ -8,14 +8,19 @@
 //
 //   lowrank-compare                          # 2048 x 2048 float, rank 64
 //   lowrank-compare --npy W.npy --rank 128 --json result.json
+//   lowrank-compare --peers peers.json      # merge tools/compare_peers.py's rows (Python peers)
 
 #include <Eigen/SVD>
+#include <array>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -33,6 +38,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -72,6 +78,13 @@ options:
                     then comes from LAPACK's gesdd when linked
   --json FILE       also write the results as JSON (checked before the run;
                     written to a temporary and renamed over FILE at the end)
+  --peers FILE      merge the rows of tools/compare_peers.py (scikit-learn's
+                    randomized_svd, fbpca, torch.svd_lowrank, measured on the
+                    same matrix, rank and machine) into the table and the JSON;
+                    refused unless FILE was measured on this input at this rank
+  --save-npy FILE   write the input matrix to FILE as .npy and exit, for
+                    tools/compare_peers.py (scripts/compare-peers does the
+                    three steps: --save-npy, the peers, --peers)
   --help            this text
 )";
 
@@ -85,6 +98,8 @@ struct options {
   bool skip_exact = false;
   bool cuda = false;
   std::optional<fs::path> json;
+  std::optional<fs::path> peers;
+  std::optional<fs::path> save_npy;
 };
 
 /// A mistake in the command line: main prints it with the usage and exits
@@ -152,9 +167,19 @@ options parse(int argc, char** argv) {
       o.skip_exact = true;
     } else if (flag == "--json") {
       o.json = value();
+    } else if (flag == "--peers") {
+      o.peers = value();
+    } else if (flag == "--save-npy") {
+      o.save_npy = value();
     } else {
       fail_usage("unknown option '" + flag + "'");
     }
+  }
+  if (o.save_npy && (o.json || o.peers)) {
+    fail_usage("--save-npy writes the input and exits; it does not combine with --json or --peers");
+  }
+  if (o.peers && o.cuda) {
+    fail_usage("--peers merges rows measured on the CPU; it needs --backend cpu");
   }
   return o;
 }
@@ -185,7 +210,8 @@ class blas_threads {
 
 struct result_row {
   std::string method;
-  std::optional<std::string> error;  ///< why the method failed (its other fields are unset)
+  std::optional<std::string> error;     ///< why the method failed (its other fields are unset)
+  std::optional<std::string> settings;  ///< a --peers row's call (and that it is a peer)
   index_t rank = 0;
   double seconds = 0;
   double relative_error = 0;
@@ -199,6 +225,187 @@ template <class T>
 using dense = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 template <class T>
 using column = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+/// CRC-32 (IEEE, as zlib.crc32) of the entries in column-major order as little-endian
+/// bytes: the name of the matrix that tools/compare_peers.py measured its rows on (it
+/// computes the same on the .npy, whatever the file's order).
+template <class T>
+std::uint32_t checksum(const dense<T>& a) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int b = 0; b < 8; ++b) c = (c & 1u) != 0 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  using bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  std::uint32_t crc = 0xFFFFFFFFu;
+  for (index_t i = 0; i < a.size(); ++i) {
+    bits b = std::bit_cast<bits>(a.data()[i]);
+    for (std::size_t byte = 0; byte < sizeof(T); ++byte, b >>= 8) {
+      crc = table[(crc ^ static_cast<std::uint32_t>(b)) & 0xFFu] ^ (crc >> 8);
+    }
+  }
+  return ~crc;
+}
+
+std::string hex(std::uint32_t value) {
+  char text[16];
+  std::snprintf(text, sizeof text, "0x%08x", static_cast<unsigned>(value));
+  return text;
+}
+
+/// One row of tools/compare_peers.py: what lowrank-compare needs to compute
+/// every column the way it does for its own rows.
+struct peer_row {
+  std::string method;
+  std::string settings;
+  std::optional<std::string> error;
+  index_t rank = 0;
+  double seconds = 0;
+  double residual_norm = 0;  ///< ||A - U diag(s) V^T||_F
+  double s1 = 0;             ///< the largest and the k-th computed singular values
+  double sk = 0;
+};
+
+/// A --peers file: the matrix and rank its rows were measured on, and how.
+struct peers_file {
+  fs::path file;
+  index_t rows = 0;
+  index_t cols = 0;
+  std::string dtype;
+  std::uint32_t crc32 = 0;
+  index_t rank = 0;
+  int threads = 0;
+  std::string date;
+  nlohmann::json versions;
+  std::vector<peer_row> methods;
+};
+
+/// Reads and checks a --peers file's form; whether it was measured on this
+/// input is checked once the input is read (check_peers). Every problem is a
+/// usage_error naming the flag, the file, the field and what was expected.
+peers_file read_peers(const fs::path& file) {
+  const std::string name = "--peers " + file.string();
+  auto bad = [&](const std::string& where, const std::string& what) {
+    fail_usage(name + ": " + where + what + " (tools/compare_peers.py writes this file)");
+  };
+  std::ifstream in(file);
+  if (!in) bad("", std::string("cannot be opened (") + std::strerror(errno) + ")");
+  nlohmann::json document;
+  try {
+    document = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    // Without the bytes it last read, which may be binary.
+    const std::string what = e.what();
+    bad("", "is not valid JSON: " + what.substr(0, what.find("; last read")));
+  }
+  auto member = [&](const nlohmann::json& object, const std::string& where,
+                    const char* key) -> const nlohmann::json& {
+    if (!object.is_object()) bad(where, " should be a JSON object");
+    const auto it = object.find(key);
+    if (it == object.end()) bad(where, std::string(" has no \"") + key + "\"");
+    return *it;
+  };
+  auto integer = [&](const nlohmann::json& object, const std::string& where, const char* key,
+                     long long low, long long high) {
+    const auto& v = member(object, where, key);
+    bool ok = v.is_number_integer();
+    long long value = 0;
+    if (v.is_number_unsigned()) {
+      // Above high (>= 0) before the cast could wrap it.
+      ok = v.get<std::uint64_t>() <= static_cast<std::uint64_t>(high);
+      if (ok) value = static_cast<long long>(v.get<std::uint64_t>());
+    } else if (ok) {
+      value = v.get<long long>();
+    }
+    if (!ok || value < low || value > high) {
+      bad(where, std::string(".") + key + " should be an integer in [" + std::to_string(low) +
+                     ", " + std::to_string(high) + "], not " + v.dump());
+    }
+    return value;
+  };
+  auto number = [&](const nlohmann::json& object, const std::string& where, const char* key) {
+    const auto& v = member(object, where, key);
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0) {
+      bad(where, std::string(".") + key + " should be a finite number >= 0, not " + v.dump());
+    }
+    return v.get<double>();
+  };
+  auto text = [&](const nlohmann::json& object, const std::string& where, const char* key) {
+    const auto& v = member(object, where, key);
+    if (!v.is_string()) bad(where, std::string(".") + key + " should be a string, not " + v.dump());
+    return v.get<std::string>();
+  };
+
+  peers_file p;
+  p.file = file;
+  const auto& input = member(document, "", "input");
+  p.rows = integer(input, "input", "rows", 1, std::numeric_limits<index_t>::max());
+  p.cols = integer(input, "input", "cols", 1, std::numeric_limits<index_t>::max());
+  p.dtype = text(input, "input", "dtype");
+  if (p.dtype != "float32" && p.dtype != "float64") {
+    bad("input", ".dtype should be \"float32\" or \"float64\", not \"" + p.dtype + "\"");
+  }
+  p.crc32 = static_cast<std::uint32_t>(integer(input, "input", "crc32", 0, 0xFFFFFFFFll));
+  p.rank = integer(document, "", "rank", 1, std::numeric_limits<index_t>::max());
+  p.threads = static_cast<int>(integer(document, "", "threads", 1, 4096));
+  if (const auto it = document.find("date"); it != document.end() && it->is_string()) {
+    p.date = it->get<std::string>();
+  }
+  if (const auto it = document.find("versions"); it != document.end() && it->is_object()) {
+    p.versions = *it;
+  }
+  const auto& methods = member(document, "", "methods");
+  if (!methods.is_array() || methods.empty()) bad("", "\"methods\" should be a non-empty array");
+  for (std::size_t i = 0; i < methods.size(); ++i) {
+    const auto& m = methods[i];
+    const std::string where = "methods[" + std::to_string(i) + "]";
+    peer_row row;
+    row.method = text(m, where, "method");
+    if (const auto it = m.find("settings"); it != m.end() && it->is_string()) {
+      row.settings = it->get<std::string>();
+    }
+    if (m.contains("error")) {
+      row.error = text(m, where, "error");
+    } else {
+      row.rank = integer(m, where, "rank", 1, std::numeric_limits<index_t>::max());
+      row.seconds = number(m, where, "seconds");
+      row.residual_norm = number(m, where, "residual_norm");
+      row.s1 = number(m, where, "s1");
+      row.sk = number(m, where, "sk");
+    }
+    p.methods.push_back(std::move(row));
+  }
+  return p;
+}
+
+/// Refuses a --peers file measured on another matrix or at another rank: the
+/// rows would sit beside ours without measuring the same thing.
+template <class T>
+void check_peers(const peers_file& p, const dense<T>& a, std::uint32_t crc, index_t rank) {
+  const std::string dtype = std::is_same_v<T, float> ? "float32" : "float64";
+  if (p.rows != a.rows() || p.cols != a.cols() || p.dtype != dtype || p.crc32 != crc ||
+      p.rank != rank) {
+    auto describe = [](index_t m, index_t n, const std::string& type, std::uint32_t c, index_t k) {
+      return std::to_string(m) + " x " + std::to_string(n) + " " + type + " matrix (CRC-32 " +
+             hex(c) + ") at rank " + std::to_string(k);
+    };
+    fail_usage("--peers " + p.file.string() + " was measured on a " +
+               describe(p.rows, p.cols, p.dtype, p.crc32, p.rank) + ", but this run is on a " +
+               describe(a.rows(), a.cols(), dtype, crc, rank) +
+               ": run tools/compare_peers.py on this input and rank (scripts/compare-peers "
+               "runs both on one matrix)");
+  }
+  for (const auto& row : p.methods) {
+    if (!row.error && row.rank != rank) {
+      fail_usage("--peers " + p.file.string() + ": the row \"" + row.method + "\" has rank " +
+                 std::to_string(row.rank) + ", not " + std::to_string(rank));
+    }
+  }
+}
 
 /// The best of up to `repeat` timings of f, which returns the factorisation;
 /// a method that takes more than a second runs once.
@@ -333,6 +540,12 @@ class comparison {
         add(name, seconds, r.u, r.s, r.v);
       });
     }
+    attempt("lowrank block Krylov", [&] {  // the defaults: b = k, 3 blocks
+      double seconds = 0;
+      const auto r = timed(o_.repeat, seconds,
+                           [&] { return lowrank::block_krylov_svd(ctx_, lowrank::view(a_), k); });
+      add("lowrank block Krylov", seconds, r.u, r.s, r.v);
+    });
     progress("lowrank::randomized_svd, fixed accuracy");
     const double tolerance = fixed_accuracy_tolerance(k);
     char name[64];
@@ -444,6 +657,15 @@ class comparison {
         add(name, seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
       });
     }
+    attempt("lowrank block Krylov", [&] {  // the defaults: b = k, 3 blocks
+      double seconds = 0;
+      const auto r = timed(o_.repeat, seconds, [&] {
+        auto f = lowrank::block_krylov_svd(gpu, a.view(), k);
+        gpu.synchronize();
+        return f;
+      });
+      add("lowrank block Krylov", seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
+    });
 
     progress("lowrank::randomized_svd on the GPU, fixed accuracy");
     const double tolerance = fixed_accuracy_tolerance(k);
@@ -464,6 +686,24 @@ class comparison {
 #endif
 
   [[nodiscard]] double norm() const { return norm_; }
+
+  /// The rows of a --peers file (run() first: they need its reference
+  /// spectrum and exact-SVD time), their columns computed as for ours.
+  [[nodiscard]] std::vector<result_row> peer_rows(const peers_file& p) const {
+    std::vector<result_row> rows;
+    for (const auto& peer : p.methods) {
+      result_row row;
+      if (peer.error) {
+        row.method = peer.method;
+        row.error = peer.error;
+      } else {
+        row = make_row(peer.method, peer.seconds, peer.rank, peer.residual_norm, peer.s1, peer.sk);
+      }
+      row.settings = peer.settings;
+      rows.push_back(std::move(row));
+    }
+    return rows;
+  }
 
  private:
   /// Runs one method; one that throws gets a failed row with the reason, and
@@ -506,12 +746,20 @@ class comparison {
     lowrank::ops<lowrank::cpu>::gemm<T>(ctx_, lowrank::transpose::no, lowrank::transpose::yes,
                                         T(-1), lowrank::view(us), lowrank::view(v), T(1),
                                         lowrank::view(residual));
+    const double error =
+        std::sqrt(lowrank::ops<lowrank::cpu>::squared_norm(ctx_, lowrank::view(residual)));
+    rows_.push_back(make_row(std::move(name), seconds, k, error, k > 0 ? double(s(0)) : 0.0,
+                             k > 0 ? double(s(k - 1)) : 0.0));
+  }
+
+  /// A row's columns from the residual norm `error` of a rank-k factorisation
+  /// and its first and k-th singular values `first`, `last`.
+  [[nodiscard]] result_row make_row(std::string name, double seconds, index_t k, double error,
+                                    double first, double last) const {
     result_row row;
     row.method = std::move(name);
     row.rank = k;
     row.seconds = seconds;
-    const double error =
-        std::sqrt(lowrank::ops<lowrank::cpu>::squared_norm(ctx_, lowrank::view(residual)));
     // A zero A: error 0 is exact, any other error infinitely wrong.
     row.relative_error =
         norm_ > 0 ? error / norm_ : (error > 0 ? std::numeric_limits<double>::infinity() : 0.0);
@@ -520,11 +768,11 @@ class comparison {
       if (optimum > 0) row.over_optimum = error / optimum;
       const double s1 = (*reference_)(0);
       const double sk = (*reference_)(std::min<index_t>(k, reference_->size()) - 1);
-      if (s1 > 0) row.s1_error = std::abs(double(s(0)) - s1) / s1;
-      if (k <= reference_->size() && sk > 0) row.sk_error = std::abs(double(s(k - 1)) - sk) / sk;
+      if (s1 > 0) row.s1_error = std::abs(first - s1) / s1;
+      if (k <= reference_->size() && sk > 0) row.sk_error = std::abs(last - sk) / sk;
     }
     if (exact_seconds_ > 0) row.speedup = exact_seconds_ / seconds;
-    rows_.push_back(std::move(row));
+    return row;
   }
 
   const dense<T>& a_;
@@ -544,16 +792,34 @@ std::string cell(const std::optional<double>& value, const char* format) {
   return text;
 }
 
-void print_table(const std::vector<result_row>& rows) {
-  std::printf("%-28s %6s %10s %10s %10s %10s %10s %9s\n", "method", "rank", "time [s]",
+/// "numpy 2.4.6, scikit-learn 1.9.1, ...": a --peers file's library versions.
+std::string describe_versions(const nlohmann::json& versions) {
+  std::string text;
+  for (const auto& [name, value] : versions.items()) {
+    if (!value.is_string()) continue;  // not installed: its rows say so
+    text += (text.empty() ? "" : ", ") + name + " " + value.get<std::string>();
+  }
+  return text;
+}
+
+/// The table; `peers_note`, when given, heads the first --peers row.
+void print_table(const std::vector<result_row>& rows, const std::string& peers_note = {}) {
+  int width = 28;
+  for (const auto& r : rows) width = std::max(width, static_cast<int>(r.method.size()));
+  std::printf("%-*s %6s %10s %10s %10s %10s %10s %9s\n", width, "method", "rank", "time [s]",
               "rel. error", "err / opt", "s_1 error", "s_k error", "speed-up");
+  bool peers = false;
   for (const auto& r : rows) {
+    if (r.settings && !peers) {
+      peers = true;
+      if (!peers_note.empty()) std::printf("%s\n", peers_note.c_str());
+    }
     if (r.error) {
-      std::printf("%-28s failed: %s\n", r.method.c_str(), r.error->c_str());
+      std::printf("%-*s failed: %s\n", width, r.method.c_str(), r.error->c_str());
       continue;
     }
-    std::printf("%-28s %6ld %10.4f %10.6f %10s %10s %10s %9s\n", r.method.c_str(), long(r.rank),
-                r.seconds, r.relative_error, cell(r.over_optimum, "%.4f").c_str(),
+    std::printf("%-*s %6ld %10.4f %10.6f %10s %10s %10s %9s\n", width, r.method.c_str(),
+                long(r.rank), r.seconds, r.relative_error, cell(r.over_optimum, "%.4f").c_str(),
                 cell(r.s1_error, "%.2e").c_str(), cell(r.sk_error, "%.2e").c_str(),
                 cell(r.speedup, "%.1fx").c_str());
   }
@@ -566,13 +832,15 @@ using json_output = lowrank::io::detail::temporary_file;
 
 template <class T>
 void write_results(json_output& out, const options& o, const std::string& input, const dense<T>& a,
-                   double norm, const std::vector<result_row>& rows) {
+                   double norm, const std::vector<result_row>& rows,
+                   const std::optional<peers_file>& peers) {
   nlohmann::json document;
   document["input"] = {{"description", input},
                        {"rows", a.rows()},
                        {"cols", a.cols()},
                        {"dtype", std::is_same_v<T, float> ? "float32" : "float64"},
                        {"frobenius_norm", norm}};
+  document["input"]["crc32"] = checksum(a);  // names the matrix, as in a --peers file
   document["rank"] = o.rank;
   document["threads"] = o.threads;
   document["backend"] = o.cuda ? "cuda" : "cpu";
@@ -584,18 +852,30 @@ void write_results(json_output& out, const options& o, const std::string& input,
     auto optional = [](const std::optional<double>& v) -> nlohmann::json {
       return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
     };
+    nlohmann::json row;
     if (r.error) {
-      methods.push_back({{"method", r.method}, {"error", *r.error}});
-      continue;
+      row = {{"method", r.method}, {"error", *r.error}};
+    } else {
+      row = {{"method", r.method},
+             {"rank", r.rank},
+             {"seconds", r.seconds},
+             {"relative_error", r.relative_error},
+             {"error_over_optimum", optional(r.over_optimum)},
+             {"s1_relative_error", optional(r.s1_error)},
+             {"sk_relative_error", optional(r.sk_error)},
+             {"speedup_over_exact", optional(r.speedup)}};
     }
-    methods.push_back({{"method", r.method},
-                       {"rank", r.rank},
-                       {"seconds", r.seconds},
-                       {"relative_error", r.relative_error},
-                       {"error_over_optimum", optional(r.over_optimum)},
-                       {"s1_relative_error", optional(r.s1_error)},
-                       {"sk_relative_error", optional(r.sk_error)},
-                       {"speedup_over_exact", optional(r.speedup)}});
+    if (r.settings) {
+      row["source"] = "python";
+      row["settings"] = *r.settings;
+    }
+    methods.push_back(std::move(row));
+  }
+  if (peers) {
+    document["peers"] = {{"file", peers->file.string()},
+                         {"threads", peers->threads},
+                         {"date", peers->date},
+                         {"versions", peers->versions}};
   }
   const std::string text = document.dump(2) + "\n";
   out.write(text.data(), text.size());
@@ -605,7 +885,19 @@ void write_results(json_output& out, const options& o, const std::string& input,
 
 template <class T>
 int compare(const dense<T>& a, const options& o, const std::string& input,
-            const std::optional<column<double>>& known_spectrum, json_output* json) {
+            const std::optional<column<double>>& known_spectrum, json_output* json,
+            const std::optional<peers_file>& peers) {
+  if (o.save_npy) {
+    try {
+      lowrank::io::write_npy(*o.save_npy, a);
+    } catch (const lowrank::invalid_argument& e) {
+      throw std::runtime_error("--save-npy: " + std::string(e.what()));
+    }
+    std::printf("wrote %s: %s, %ld x %ld %s, CRC-32 %s\n", o.save_npy->string().c_str(),
+                input.c_str(), long(a.rows()), long(a.cols()),
+                std::is_same_v<T, float> ? "float32" : "float64", hex(checksum(a)).c_str());
+    return 0;
+  }
   if (o.rank > std::min(a.rows(), a.cols())) {
     fail_usage("--rank " + std::to_string(o.rank) +
                " exceeds min(m, n) = " + std::to_string(std::min(a.rows(), a.cols())));
@@ -635,7 +927,7 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
     std::printf("backend: cuda, device 0: %s\n", properties.name);
     const auto rows = c.run_cuda();
     print_table(rows);
-    if (json != nullptr) write_results(*json, o, input, a, c.norm(), rows);
+    if (json != nullptr) write_results(*json, o, input, a, c.norm(), rows, std::nullopt);
     return 0;
   }
 #endif
@@ -644,9 +936,27 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
                                  std::to_string(std::max(blas.initial(), o.threads)) + " threads")
                                     .c_str()
                               : "the linked BLAS (or Eigen)");
-  const auto rows = c.run();
-  print_table(rows);
-  if (json != nullptr) write_results(*json, o, input, a, c.norm(), rows);
+  std::string peers_note;
+  if (peers) {
+    // Checked before the run: a file from another matrix is refused at once.
+    check_peers(*peers, a, checksum(a), o.rank);
+    if (peers->threads != o.threads) {
+      std::fprintf(stderr,
+                   "lowrank-compare: note: the --peers rows ran on %d threads, this run on %d\n",
+                   peers->threads, o.threads);
+    }
+    peers_note = "Python peers (tools/compare_peers.py, " + peers->file.string() + ", " +
+                 std::to_string(peers->threads) + (peers->threads == 1 ? " thread" : " threads") +
+                 (peers->date.empty() ? "" : ", " + peers->date) + "; " +
+                 describe_versions(peers->versions) + "):";
+  }
+  auto rows = c.run();
+  if (peers) {
+    const auto more = c.peer_rows(*peers);
+    rows.insert(rows.end(), more.begin(), more.end());
+  }
+  print_table(rows, peers_note);
+  if (json != nullptr) write_results(*json, o, input, a, c.norm(), rows, peers);
   return 0;
 }
 
@@ -662,6 +972,9 @@ int main(int argc, char** argv) {
     std::optional<json_output> json;
     if (o.json) json.emplace(*o.json, json_source);
     json_output* out = json ? &*json : nullptr;
+    // --peers is read and its form checked before the input is.
+    std::optional<peers_file> peers;
+    if (o.peers) peers = read_peers(*o.peers);
     if (o.npy) {
       // The header decides the precision; the full read validates the rest.
       std::ifstream in(*o.npy, std::ios::binary);
@@ -680,15 +993,17 @@ int main(int argc, char** argv) {
       }
       const std::string input = o.npy->string();
       if (float64) {
-        return compare<double>(lowrank::io::read_npy<double>(*o.npy), o, input, std::nullopt, out);
+        return compare<double>(lowrank::io::read_npy<double>(*o.npy), o, input, std::nullopt, out,
+                               peers);
       }
-      return compare<float>(lowrank::io::read_npy<float>(*o.npy), o, input, std::nullopt, out);
+      return compare<float>(lowrank::io::read_npy<float>(*o.npy), o, input, std::nullopt, out,
+                            peers);
     }
     std::fprintf(stderr, "generating the %ld x %ld input ...\n", long(o.size), long(o.size));
     lowrank::context<lowrank::cpu> ctx(o.threads);
     column<double> spectrum;
     const dense<float> a = generated_matrix(ctx, o.size, spectrum);
-    return compare<float>(a, o, "generated, s_i = i^(-1/2)", spectrum, out);
+    return compare<float>(a, o, "generated, s_i = i^(-1/2)", spectrum, out, peers);
   } catch (const usage_error& e) {
     std::fprintf(stderr, "lowrank-compare: %s\n\n%s", e.what(), usage);
     return 2;

@@ -21,6 +21,7 @@
 #include "lowrank/backend/cpu/context.hpp"
 #include "lowrank/backend/cpu/ops.hpp"
 
+#include "lowrank/decomp/block_krylov.hpp"
 #include "lowrank/decomp/low_rank.hpp"
 #include "lowrank/decomp/orthonormalize.hpp"
 #include "lowrank/decomp/randomized_svd.hpp"
