@@ -11,6 +11,7 @@
 //   vs_gesvdr       gesvdr / lowrank (> 1: lowrank is faster)
 //   err, err_gesvdr ||A - U S V^T||_F / ||A||_F of each (lowrank must be equal
 //                   or better: error_ok = 1)
+//   krylov_ms, krylov_err  lowrank::block_krylov_svd with its defaults
 // The matrix is A = L diag(0.97^i) R^T + 1e-3 N (rank 512 plus noise).
 //
 //   lowrank_bench_randomized_svd_cuda --benchmark_counters_tabular=true
@@ -175,6 +176,20 @@ void randomized_svd_cuda(benchmark::State& state) {
     if (times.size() == 1) err = relative_error(ctx, a, r.u, r.s, r.v);
   }
   const double ours = median(times);
+
+  // Block Krylov with its defaults (b = k, d = 3: 6 k column-products against
+  // ours 6 (k + p)), timed and measured beside it.
+  std::vector<double> krylov_times;
+  double krylov_err = 0;
+  for (int r = 0; r < 5; ++r) {
+    const auto start = clock_type::now();
+    auto kr = lowrank::block_krylov_svd(ctx, a.view(), k);
+    ctx.synchronize();
+    krylov_times.push_back(seconds_since(start));
+    if (r == 0) krylov_err = relative_error(ctx, a, kr.u, kr.s, kr.v);
+  }
+  state.counters["krylov_ms"] = 1e3 * median(krylov_times);
+  state.counters["krylov_err"] = krylov_err;
   state.counters["ratio_gemm"] = ours / median(floor_times);
   state.counters["vs_gesvdr"] = median(gesvdr_times) / ours;
   state.counters["err"] = err;

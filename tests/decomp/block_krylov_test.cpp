@@ -14,20 +14,12 @@
 
 #include "lowrank/lowrank.hpp"
 #include "support/backends.hpp"
+#include "support/decomp_cases.hpp"
 #include "support/test_matrices.hpp"
 
 namespace lowrank::test {
 namespace {
 
-struct shape {
-  index_t m;
-  index_t n;
-  const char* name;
-};
-
-constexpr shape shapes[] = {{200, 200, "square"}, {300, 120, "tall"}, {120, 300, "wide"}};
-constexpr spectrum_kind spectra[] = {spectrum_kind::fast_decay, spectrum_kind::slow_decay,
-                                     spectrum_kind::flat_then_cliff, spectrum_kind::rank_deficient};
 constexpr index_t k = 20;
 
 /// The test matrix of a case, rounded to T (the optimum is taken from the
@@ -48,53 +40,6 @@ host_matrix<T> power_law_matrix(index_t m, index_t n) {
   return make_matrix(s, m, n, 77).cast<T>();
 }
 
-/// How often, and on how many columns in all, an operator was applied.
-struct product_count {
-  int apply = 0;
-  int apply_transposed = 0;
-  index_t columns = 0;          ///< the column-products, both directions
-  std::vector<index_t> widths;  ///< each product's width, in order
-};
-
-/// A dense matrix seen only through its products, counting them.
-template <class T, class Backend>
-class counting_operator {
- public:
-  using value_type = T;
-  using backend = Backend;
-
-  counting_operator(matrix_view<const T, Backend> a, product_count* count) : a_(a), count_(count) {}
-
-  [[nodiscard]] index_t rows() const { return a_.rows(); }
-  [[nodiscard]] index_t cols() const { return a_.cols(); }
-  void apply(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y,
-             T alpha, T beta) const {
-    ++count_->apply;
-    record(x.cols());
-    ops<Backend>::gemm(ctx, transpose::no, transpose::no, alpha, a_, x, beta, y);
-  }
-  void apply_transposed(context<Backend>& ctx, matrix_view<const T, Backend> x,
-                        matrix_view<T, Backend> y, T alpha, T beta) const {
-    ++count_->apply_transposed;
-    record(x.cols());
-    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, alpha, a_, x, beta, y);
-  }
-
- private:
-  void record(index_t width) const {
-    count_->columns += width;
-    count_->widths.push_back(width);
-  }
-  matrix_view<const T, Backend> a_;
-  product_count* count_;
-};
-
-template <class T>
-bool same_bits(const host_matrix<T>& x, const host_matrix<T>& y) {
-  return x.rows() == y.rows() && x.cols() == y.cols() &&
-         std::memcmp(x.data(), y.data(), sizeof(T) * static_cast<std::size_t>(x.size())) == 0;
-}
-
 template <class T>
 struct svd_bits {
   host_matrix<T> u, s, v;
@@ -109,6 +54,8 @@ svd_bits<T> bits_of(context<B>& ctx, const low_rank<T, B>& r) {
   ops<B>::download(ctx, r.v.view(), view(out.v));
   return out;
 }
+
+using lowrank::test::same_bits;  // the host matrix overload, beside this one
 
 template <class T>
 bool same_bits(const svd_bits<T>& x, const svd_bits<T>& y) {

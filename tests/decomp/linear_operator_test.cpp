@@ -14,44 +14,11 @@
 
 #include "lowrank/lowrank.hpp"
 #include "support/backends.hpp"
+#include "support/decomp_cases.hpp"
 #include "support/test_matrices.hpp"
 
 namespace lowrank::test {
 namespace {
-
-/// How often an operator was applied.
-struct product_count {
-  int apply = 0;
-  int apply_transposed = 0;
-};
-
-/// A dense matrix seen only through its products (and, when given, a stated
-/// ||A||_F^2), counting them.
-template <class T, class Backend>
-class counting_operator {
- public:
-  using value_type = T;
-  using backend = Backend;
-
-  counting_operator(matrix_view<const T, Backend> a, product_count* count) : a_(a), count_(count) {}
-
-  [[nodiscard]] index_t rows() const { return a_.rows(); }
-  [[nodiscard]] index_t cols() const { return a_.cols(); }
-  void apply(context<Backend>& ctx, matrix_view<const T, Backend> x, matrix_view<T, Backend> y,
-             T alpha, T beta) const {
-    ++count_->apply;
-    ops<Backend>::gemm(ctx, transpose::no, transpose::no, alpha, a_, x, beta, y);
-  }
-  void apply_transposed(context<Backend>& ctx, matrix_view<const T, Backend> x,
-                        matrix_view<T, Backend> y, T alpha, T beta) const {
-    ++count_->apply_transposed;
-    ops<Backend>::gemm(ctx, transpose::yes, transpose::no, alpha, a_, x, beta, y);
-  }
-
- private:
-  matrix_view<const T, Backend> a_;
-  product_count* count_;
-};
 
 /// counting_operator with a stated ||A||_F^2.
 template <class T, class Backend>
@@ -74,12 +41,6 @@ static_assert(!linear_operator<Eigen::MatrixXf>);
 template <class Config>
 class linear_operator_test : public backend_test<Config> {};
 TYPED_TEST_SUITE(linear_operator_test, test_configs, config_names);
-
-template <class T>
-bool same_bits(const host_matrix<T>& a, const host_matrix<T>& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(T) * std::size_t(a.size())) == 0;
-}
 
 template <class T, class Backend>
 host_matrix<T> host_of(context<Backend>& ctx, const matrix<T, Backend>& m) {

@@ -12,20 +12,12 @@
 
 #include "lowrank/lowrank.hpp"
 #include "support/backends.hpp"
+#include "support/decomp_cases.hpp"
 #include "support/test_matrices.hpp"
 
 namespace lowrank::test {
 namespace {
 
-struct shape {
-  index_t m;
-  index_t n;
-  const char* name;
-};
-
-constexpr shape shapes[] = {{200, 200, "square"}, {300, 120, "tall"}, {120, 300, "wide"}};
-constexpr spectrum_kind spectra[] = {spectrum_kind::fast_decay, spectrum_kind::slow_decay,
-                                     spectrum_kind::flat_then_cliff, spectrum_kind::rank_deficient};
 constexpr index_t k = 20;
 
 /// The test matrix of a case, rounded to T (the optimum is taken from the
