@@ -22,16 +22,6 @@ namespace {
 
 constexpr index_t k = 20;
 
-/// The test matrix of a case, rounded to T (the optimum is taken from the
-/// rounded matrix).
-template <class T>
-host_matrix<T> case_matrix(spectrum_kind kind, shape sh) {
-  // Cliff after 25 values; rank 25, below the default basis size 3 k = 60:
-  // the later Krylov blocks then have no new direction to find.
-  const Eigen::VectorXd s = make_spectrum(kind, std::min(sh.m, sh.n), 25);
-  return make_matrix(s, sh.m, sh.n, 1234).cast<T>();
-}
-
 /// A matrix with the power-law spectrum s_i = i^(-1/2) of trained weights.
 template <class T>
 host_matrix<T> power_law_matrix(index_t m, index_t n) {

@@ -20,16 +20,6 @@ namespace {
 
 constexpr index_t k = 20;
 
-/// The test matrix of a case, rounded to T (the optimum is taken from the
-/// rounded matrix, docs/algorithms.md "Decompositions").
-template <class T>
-host_matrix<T> case_matrix(spectrum_kind kind, shape sh) {
-  // cliff after 25 values; rank 25: with l = k + 10 = 30 the sketch of the
-  // rank-deficient matrix is itself rank-deficient (CholQR fallback path).
-  const Eigen::VectorXd s = make_spectrum(kind, std::min(sh.m, sh.n), 25);
-  return make_matrix(s, sh.m, sh.n, 1234).cast<T>();
-}
-
 template <class Config>
 class randomized_svd_test : public backend_test<Config> {};
 TYPED_TEST_SUITE(randomized_svd_test, test_configs, config_names);

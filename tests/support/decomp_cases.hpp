@@ -3,6 +3,7 @@
 // operator that counts its products (core/linear_operator.hpp), and a
 // bitwise comparison of host matrices.
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -22,6 +23,18 @@ inline constexpr shape shapes[] = {{200, 200, "square"}, {300, 120, "tall"}, {12
 inline constexpr spectrum_kind spectra[] = {spectrum_kind::fast_decay, spectrum_kind::slow_decay,
                                             spectrum_kind::flat_then_cliff,
                                             spectrum_kind::rank_deficient};
+
+/// The test matrix of a case, rounded to T (the optimum is taken from the
+/// rounded matrix, docs/algorithms.md "Decompositions"): the spectrum's cliff
+/// after 25 values, or rank 25. With k = 20 that rank is below the randomized
+/// SVD's sketch (l = 30: the sketch itself is rank-deficient, the CholQR
+/// fallback path) and below block Krylov's basis (3 k = 60: the later blocks
+/// have no new direction to find).
+template <class T>
+host_matrix<T> case_matrix(spectrum_kind kind, shape sh) {
+  const Eigen::VectorXd s = make_spectrum(kind, std::min(sh.m, sh.n), 25);
+  return make_matrix(s, sh.m, sh.n, 1234).cast<T>();
+}
 
 /// How often, and on how many columns in all, an operator was applied.
 struct product_count {

@@ -240,22 +240,8 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
   const random_stream stream{options.seed, options.stream};
 
   // Y_0 = M Omega, Omega in the first block of B^T; the first product sets
-  // M's scale and finds non-finite data (as detail::subspace_iteration).
-  {
-    auto omega = bt.view().left_cols(b);
-    auto y = q.view().left_cols(b);
-    ops<Backend>::fill_random(ctx, distribution::gaussian, stream, omega, 0, 0);
-    m.apply(ctx, as_const(omega), y);
-    const double largest = ops<Backend>::max_abs(ctx, as_const(y));
-    m.scale = std::isfinite(largest) ? detail::range_scale<T>(largest)
-                                     : detail::overflow_scale(ctx, fn, m.a, m.cols());
-    if (m.scale != 1) {
-      m.apply(ctx, as_const(omega), y);
-      if (!std::isfinite(ops<Backend>::max_abs(ctx, as_const(y)))) {
-        detail::throw_non_finite(ctx, fn, m.a);
-      }
-    }
-  }
+  // M's scale and finds non-finite data (as for the randomized SVD).
+  detail::first_sketch(ctx, m, stream, bt.view().left_cols(b), q.view().left_cols(b), fn, 2);
 
   krylov_low_rank<T, Backend> result;
   double energy = 0;

@@ -64,32 +64,43 @@ struct range_finder_options {
 
 namespace detail {
 
-/// Y = orth((M M^T)^q M Omega) with Omega (M.cols() x l) the Gaussian matrix
-/// of `stream`, drawn into Z; Z is workspace (M.cols() x l) afterwards. With
-/// `c` given, the last CholQR pass is deferred (see detail::orthonormalize):
-/// Y C is the orthonormal basis. The first product sets M's scale: 1 for
-/// data in T's safe range, else the power of two that brings M Omega to
-/// about 1 (detail/common.hpp), and M Omega is formed again from scale M.
+/// Y = M Omega, Omega (M.cols() x l) the Gaussian matrix of `stream`, drawn
+/// into `omega`. The product sets M's scale: 1 for data in T's safe range
+/// (its square root for `power` 4, range_scale), else the power of two that
+/// brings M Omega to about 1 (detail/common.hpp), and M Omega is formed again
+/// from scaled M.
 /// @throws lowrank::numerical_error if A holds a non-finite entry (found
-/// through the first product, which it would poison).
+/// through this product, which it would poison).
 template <class Op, class T, class Backend>
-void subspace_iteration(context<Backend>& ctx, oriented<Op>& m, random_stream stream, index_t q,
-                        matrix_view<T, Backend> y, matrix_view<T, Backend> z, const char* function,
-                        matrix<double, Backend>* c = nullptr) {
-  ops<Backend>::fill_random(ctx, distribution::gaussian, stream, z, 0, 0);
-  m.apply(ctx, as_const(z), y);
+void first_sketch(context<Backend>& ctx, oriented<Op>& m, random_stream stream,
+                  matrix_view<T, Backend> omega, matrix_view<T, Backend> y, const char* function,
+                  int power) {
+  ops<Backend>::fill_random(ctx, distribution::gaussian, stream, omega, 0, 0);
+  m.apply(ctx, as_const(omega), y);
   // Any NaN or Inf in A reaches Y through the dense Gaussian Omega, so
-  // checking the m x l sketch replaces a pass over the m x n input; its
-  // largest entry gives the data's size.
+  // checking the sketch replaces a pass over the input; its largest entry
+  // gives the data's size.
   const double largest = ops<Backend>::max_abs(ctx, as_const(y));
-  m.scale = std::isfinite(largest) ? range_scale<T>(largest, q > 0 ? 4 : 2)
+  m.scale = std::isfinite(largest) ? range_scale<T>(largest, power)
                                    : overflow_scale(ctx, function, m.a, m.cols());
   if (m.scale != 1) {
-    m.apply(ctx, as_const(z), y);
+    m.apply(ctx, as_const(omega), y);
     if (!std::isfinite(ops<Backend>::max_abs(ctx, as_const(y)))) {
       throw_non_finite(ctx, function, m.a);
     }
   }
+}
+
+/// Y = orth((M M^T)^q M Omega) with Omega (M.cols() x l) the Gaussian matrix
+/// of `stream`, drawn into Z (first_sketch); Z is workspace (M.cols() x l)
+/// afterwards. With `c` given, the last CholQR pass is deferred (see
+/// detail::orthonormalize): Y C is the orthonormal basis.
+/// @throws lowrank::numerical_error if A holds a non-finite entry.
+template <class Op, class T, class Backend>
+void subspace_iteration(context<Backend>& ctx, oriented<Op>& m, random_stream stream, index_t q,
+                        matrix_view<T, Backend> y, matrix_view<T, Backend> z, const char* function,
+                        matrix<double, Backend>* c = nullptr) {
+  first_sketch(ctx, m, stream, z, y, function, q > 0 ? 4 : 2);
   // One normalisation per iteration, after M^T M (docs/algorithms.md): Y = M Z
   // needs none for its span, only for the conditioning of M^T Y, which is
   // cond(Y)^2. Where that is too much for one Cholesky QR pass (the pass fell
