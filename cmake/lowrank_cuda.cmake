@@ -6,7 +6,7 @@
 # plus compute_90 PTX).
 #
 # lowrank::cuda (INTERFACE) exists whenever the CUDA toolkit is found:
-# lowrank::lowrank + CUDA::cudart, cublas, cusolver; for CUDA sources it adds
+# lowrank::lowrank + CUDA::cudart, cublas, cusolver, cufft; for CUDA sources it adds
 # EIGEN_NO_CUDA (Eigen stays on the host; without it nvcc warns about Eigen's
 # host calls in __host__ __device__ functions) and -std=c++20 (CMake 3.25 does
 # not know the cuda_std_20 feature for nvcc 12+, so the flag is given directly;
@@ -41,7 +41,8 @@ if(CUDAToolkit_FOUND)
   add_library(lowrank_cuda INTERFACE)
   add_library(lowrank::cuda ALIAS lowrank_cuda)
   set_target_properties(lowrank_cuda PROPERTIES EXPORT_NAME cuda)
-  target_link_libraries(lowrank_cuda INTERFACE lowrank::lowrank CUDA::cudart CUDA::cublas CUDA::cusolver)
+  target_link_libraries(lowrank_cuda INTERFACE lowrank::lowrank CUDA::cudart CUDA::cublas CUDA::cusolver
+                        CUDA::cufft)
   target_compile_definitions(lowrank_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:EIGEN_NO_CUDA>)
   target_compile_options(lowrank_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
 endif()

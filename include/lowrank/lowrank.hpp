@@ -32,10 +32,12 @@
 #include "lowrank/adapters/base.hpp"
 #include "lowrank/adapters/dora.hpp"
 #include "lowrank/adapters/init.hpp"
+#include "lowrank/adapters/loca.hpp"
 #include "lowrank/adapters/lora.hpp"
 #include "lowrank/adapters/multi_lora.hpp"
 #include "lowrank/adapters/nola.hpp"
 #include "lowrank/adapters/shared_a_lora.hpp"
 
+#include "lowrank/basis/dct.hpp"
 #include "lowrank/projection/projected_adam.hpp"
 #include "lowrank/projection/projector.hpp"

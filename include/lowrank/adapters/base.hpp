@@ -11,7 +11,9 @@
 /// of `adapter_stream(seed, layer, kind, index)` = `layer_stream(seed, layer,
 /// kind, index)` (random/streams.hpp): the initial A (kind 0), the dropout
 /// mask of training step t (kind 1, index t mod 2^32), NOLA's A bases (kind
-/// 2) and B bases (kind 3). Give each adapted layer of a model its own
+/// 2) and B bases (kind 3), and LoCA's initial locations (kind 12: kinds 4
+/// to 7 are the projection family's, 8 to 11 reserved for the factors
+/// family; docs/architecture.md). Give each adapted layer of a model its own
 /// `layer` (or its own seed): element (i, j) of each matrix depends only on
 /// (seed, layer, kind, index, i, j), on every backend.
 
@@ -45,7 +47,13 @@ struct parameter {
 };
 
 /// The kinds of random matrix an adapter draws (see the file comment).
-enum class adapter_stream_kind : stream_kind { init = 0, dropout = 1, nola_a = 2, nola_b = 3 };
+enum class adapter_stream_kind : stream_kind {
+  init = 0,
+  dropout = 1,
+  nola_a = 2,
+  nola_b = 3,
+  loca_locations = 12,
+};
 
 /// The Philox stream of one random matrix of an adapter:
 /// `layer_stream(seed, layer, kind, index)`, i.e. stream number

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "lowrank/basis/backend.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/matrix_view.hpp"
@@ -39,8 +40,10 @@ namespace lowrank {
 /// - `dequantize_groups(ctx, codes, scales, zeros, group, bits, row_major, x)`:
 ///   X = s (q - z) element-wise, the inverse layout. Both run in T's
 ///   arithmetic, as the reference's.
+/// The DCT projector also needs the basis family's operations
+/// (`basis_backend_for`, basis/backend.hpp).
 template <class Backend, class T>
-concept projection_backend_for = backend_for<Backend, T> &&
+concept projection_backend_for = backend_for<Backend, T> && basis_backend_for<Backend, T> &&
     requires(context<Backend>& ctx, matrix_view<T, Backend> x, matrix_view<const T, Backend> cx,
              vector_view<T, Backend> v, vector_view<const T, Backend> cv,
              vector_view<const double, Backend> cdv, T alpha,

@@ -8,8 +8,9 @@
 /// **Step** of a projected weight W (m x n) with gradient G, its projector P
 /// (projection/projector.hpp) and moments M, V of R's shape:
 /// ```
-/// if P.due(t): P.refresh(G); on a new basis apply the moment policy
-/// R = P.project(G)
+/// if P.due(t): R = P.refresh(G) (and its projection); on a new basis apply
+///              the moment policy
+/// else:        R = P.project(G)
 /// M = b1 M + (1 - b1) R ;  V = b2 V + (1 - b2) R (.) R ;  t += 1
 /// galore:    N = M / (sqrt(V) + eps),          W -= lr sqrt(1 - b2^t) / (1 - b1^t) scale back(N),
 ///            then W -= lr wd W                 (galore_torch/adamw.py, exactly)
@@ -250,11 +251,20 @@ class projected_adam {
       ++s.skipped;
       return step_outcome::skipped_non_finite;
     }
+    // R and N (projected weights only), taken before a refresh so that the
+    // refresh can write R (a dct projector reads it out of its transform).
+    auto ws = ctx.workspace();
+    const index_t pr = s.proj ? s.proj->projected_rows() : 0;
+    const index_t pc = s.proj ? s.proj->projected_cols() : 0;
+    matrix_view<T, Backend> r(ws.template take<T>(std::size_t(pr * pc)), pr, pc);
+    matrix_view<T, Backend> n(ws.template take<T>(std::size_t(pr * pc)), pr, pc);
+    bool projected = false;
     if (s.proj) {
       auto& p = *s.proj;
       if (p.due(s.steps)) {
         const bool had = p.has_basis();
-        const auto outcome = p.refresh(ctx, grad);
+        const auto outcome = p.refresh(ctx, grad, r);
+        projected = p.has_basis();
         if (had &&
             (outcome == refresh_outcome::refreshed || outcome == refresh_outcome::fell_back)) {
           on_new_basis(ctx, s);
@@ -284,12 +294,7 @@ class projected_adam {
                                    as_const(s.v.view()), T(-step_size), T(1), s.weight);
     } else {
       const auto& p = *s.proj;
-      auto ws = ctx.workspace();
-      const index_t pr = p.projected_rows();
-      const index_t pc = p.projected_cols();
-      matrix_view<T, Backend> r(ws.template take<T>(std::size_t(pr * pc)), pr, pc);
-      matrix_view<T, Backend> n(ws.template take<T>(std::size_t(pr * pc)), pr, pc);
-      p.project(ctx, grad, r);
+      if (!projected) p.project(ctx, grad, r);
       ops<Backend>::adam_moments(ctx, options_.beta1, options_.beta2, as_const(r), s.m.view(),
                                  s.v.view());
       ops<Backend>::adam_direction(ctx, ms, vs, options_.eps, as_const(s.m.view()),
@@ -551,7 +556,9 @@ class projected_adam {
            " queue=" + std::to_string(o.lazy_queue) +
            " threshold=" + detail::hex(o.lazy_threshold) + " growth=" + detail::hex(o.lazy_growth) +
            " abs=" + std::to_string(int(o.lazy_abs_cosine)) +
-           " max_gap=" + std::to_string(o.max_gap);
+           " max_gap=" + std::to_string(o.max_gap) +
+           (o.method == refresh_method::dct ? " dct_norm=" + std::to_string(int(o.dct_norm))
+                                            : std::string());
   }
 
   projected_adam_options options_;

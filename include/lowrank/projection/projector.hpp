@@ -52,6 +52,33 @@
 ///   `layer_stream(seed, layer, 5, 2 i)` (left) and `(..., 2 i + 1)` (right)
 ///   for refresh i: the same numbers on every backend and thread count. G is
 ///   only checked for finiteness.
+/// - `dct`: the SVD-free DCT projector (Modoranu et al. 2025; IST-DASLab's
+///   DCT-AdamW): the basis is r of the n orthonormal DCT-II basis vectors
+///   (basis/dct.hpp: vector k is row k of C_n, the cosine of frequency k),
+///   chosen for G: right side S = G C_n^T (the DCT of every row of G, the
+///   transform's cost model picking the FFT or a GEMM with C), each
+///   candidate j scored by ||S(:, j)||_2 (`dct_norm` l2, the default: since
+///   the basis is orthonormal, ||G - G Q_I Q_I^T||_F^2 = ||G||_F^2 -
+///   sum_{j in I} ||S(:, j)||^2, so the top r by l2 is the exact optimum
+///   over r-subsets of the basis) or ||S(:, j)||_1 (l1, the reference's
+///   default); left side the same on S = C_m G, rows scored; two-sided both.
+///   The top r (ties to the lower index) are kept as r int32 indices per
+///   side, the whole state: the basis vectors are computed from them when
+///   used (n r cosines, never all of C), so nothing is shared across sizes
+///   (the reference sizes one C from the first layer and shares it). Slots
+///   are stable: an index still selected keeps its position, so `keep`
+///   leaves its moments on the same vector; new indices fill the freed slots
+///   in score order (the first refresh orders by score). `refresh(ctx, G,
+///   R)` reads the one-sided R out of S (no second product with G); the
+///   transitions are 0/1 matrices from the indices ([new_i == old_j]), so
+///   `rotate` moves a moment with its basis vector and zeroes the rest,
+///   without forming any basis. Cost of a refresh: one transform of G
+///   (O(m n log n) by FFT) and a gather; workspace m n scalars for S.
+///   Differences from the reference: basis vectors are C's rows, as its
+///   `makhoul` mode (its default `matmul` mode uses C's columns, another
+///   basis), C is exact in double (the reference builds it in float32), l2
+///   is the default, and one-sided projectors follow `side` (the reference
+///   forces some shapes to the right side).
 /// A refresh keeps the old basis, and says so, when G is not finite or the
 /// factorisation fails; without any basis the projector cannot project, and
 /// the optimizer skips its step.
@@ -97,7 +124,11 @@
 /// most 2 m n + 3 (m + n) min(m, n) + 8 min(m, n)^2 scalars (LAPACK's copy
 /// of G and workspace, the thin factors, the SVD's residual check);
 /// randomized at most 4 (m + n) (r + p) (no copy of G); warm (m + n) r per
-/// side (plus the randomized fallback when taken); random nothing more.
+/// side (plus the randomized fallback when taken); random nothing more; dct
+/// m n scalars (the transform S) and a score per candidate. A dct projector's
+/// state is r int32 per side and the transitions (no basis is stored); its
+/// project and project_back compute the r basis vectors into workspace (n r
+/// scalars per side) on each call.
 ///
 /// **Errors.** lowrank::invalid_argument for options (the message names the
 /// function, the option, its value and what was expected) and for arguments
@@ -114,6 +145,7 @@
 #include <utility>
 #include <vector>
 
+#include "lowrank/basis/dct.hpp"
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix.hpp"
@@ -139,7 +171,13 @@ enum class projection_side {
 };
 
 /// How a projector recomputes its basis (see the file comment).
-enum class refresh_method { exact, randomized, warm, random };
+enum class refresh_method { exact, randomized, warm, random, dct };
+
+/// How the DCT projector scores a candidate basis vector (see the file comment).
+enum class dct_score {
+  l2,  ///< ||S(:, j)||_2: the exact optimum over r-subsets of the basis (default)
+  l1,  ///< ||S(:, j)||_1: IST-DASLab's default (`ell_norm = 1`)
+};
 
 /// What a call of `projector::refresh` did.
 enum class refresh_outcome {
@@ -158,15 +196,16 @@ struct projector_options {
   index_t rank = 128;                                ///< >= 1, clamped to min(m, n) [rank]
   projection_side side = projection_side::standard;  ///< [proj_type]
   refresh_method method = refresh_method::warm;
-  index_t update_gap = 200;       ///< T >= 1 [update_proj_gap]
-  bool stagger = false;           ///< refresh when step mod T = layer mod T
-  double scale = 1.0;             ///< back-projection factor, finite [scale]
-  std::uint64_t seed = 0;         ///< the random streams (randomized, random)
-  std::uint64_t layer = 0;        ///< this weight's index in the model, < 2^30
-  index_t oversampling = 10;      ///< randomized: p >= 0
-  index_t power_iterations = 2;   ///< randomized: q >= 0
-  index_t warm_iterations = 1;    ///< warm: subspace iterations, >= 1
-  double warm_min_overlap = 0.5;  ///< warm: fall back below, in [0, 1]
+  index_t update_gap = 200;            ///< T >= 1 [update_proj_gap]
+  bool stagger = false;                ///< refresh when step mod T = layer mod T
+  double scale = 1.0;                  ///< back-projection factor, finite [scale]
+  std::uint64_t seed = 0;              ///< the random streams (randomized, random)
+  std::uint64_t layer = 0;             ///< this weight's index in the model, < 2^30
+  index_t oversampling = 10;           ///< randomized: p >= 0
+  index_t power_iterations = 2;        ///< randomized: q >= 0
+  index_t warm_iterations = 1;         ///< warm: subspace iterations, >= 1
+  double warm_min_overlap = 0.5;       ///< warm: fall back below, in [0, 1]
+  dct_score dct_norm = dct_score::l2;  ///< dct: the score [ell_norm]
   // Q-GaLore (see the file comment; q-galore-torch's names in brackets).
   int quantize_bits = 0;         ///< 0: a float basis; 4 or 8: codes [proj_bits]
   index_t quantize_group = 256;  ///< elements per group, >= 1, even for 4 bits [proj_group_size]
@@ -224,7 +263,8 @@ class projector {
 
   [[nodiscard]] bool has_basis() const noexcept { return refreshes_ > 0; }
   /// U (m x r; empty for the right side) and V (n x r; empty for the left
-  /// side); both empty when the projector quantizes (see basis_copy).
+  /// side); both empty when the projector quantizes or is a `dct` projector
+  /// (see basis_copy and indices).
   [[nodiscard]] matrix_view<const T, Backend> left_basis() const noexcept { return u_.view(); }
   [[nodiscard]] matrix_view<const T, Backend> right_basis() const noexcept { return v_.view(); }
   /// A copy of U (`left`) or V, dequantized when the projector quantizes.
@@ -238,6 +278,12 @@ class projector {
       out = matrix<T, Backend>(ctx, 0, 0);
     }
     return out;
+  }
+  /// A `dct` projector's selected basis vectors (row indices of C) of one
+  /// side, in slot order (empty for another method or side, or before the
+  /// first refresh).
+  [[nodiscard]] const std::vector<std::int32_t>& indices(bool left) const noexcept {
+    return left ? idx_left_ : idx_right_;
   }
   /// Whether the basis is stored as Q-GaLore's codes.
   [[nodiscard]] bool quantized() const noexcept { return options_.quantize_bits != 0; }
@@ -280,7 +326,9 @@ class projector {
     const std::size_t basis = (projects_left() ? rows_ : 0) + (projects_right() ? cols_ : 0);
     const auto r = std::size_t(rank_);
     std::size_t bytes = sizeof(T) * sides * r * r;
-    if (quantized()) {
+    if (dct_method()) {
+      bytes += sizeof(std::int32_t) * sides * r;
+    } else if (quantized()) {
       const auto side_bytes = [&](index_t n) {
         const std::size_t elements = std::size_t(n) * r;
         const std::size_t groups = (elements + std::size_t(options_.quantize_group) - 1) /
@@ -321,6 +369,10 @@ class projector {
         return sizeof(T) * (m + n) * r * sides + basis + small;
       case refresh_method::random:
         return basis + small;
+      case refresh_method::dct:
+        // The transform S, the scores (double) and the indices per side.
+        return sizeof(T) * m * n + sides * (sizeof(double) + 2 * sizeof(index_t)) * std::max(m, n) +
+               small;
     }
     return 0;
   }
@@ -333,10 +385,38 @@ class projector {
   refresh_outcome refresh(context<Backend>& ctx, matrix_view<const T, Backend> g) {
     const char* fn = "lowrank::projector::refresh";
     detail::require_shape(fn, "g", g, rows_, cols_);
+    return refresh_impl(ctx, g, nullptr);
+  }
+
+  /// refresh(ctx, G), then R = project(G) into r when there is a basis (the
+  /// new one, or the old one when the refresh kept it); r is left as it was
+  /// without a basis. A one-sided `dct` projector reads R out of the
+  /// transform its refresh computed, with no second product with G.
+  /// @throws lowrank::invalid_argument if G is not m x n or r not
+  ///   projected_rows x projected_cols, or r overlaps G.
+  refresh_outcome refresh(context<Backend>& ctx, matrix_view<const T, Backend> g,
+                          matrix_view<T, Backend> r) {
+    const char* fn = "lowrank::projector::refresh";
+    detail::require_shape(fn, "g", g, rows_, cols_);
+    detail::require_shape(fn, "r", r, projected_rows(), projected_cols());
+    detail::require_apart(fn, "r", r, "g", g);
+    bool projected = false;
+    const refresh_outcome outcome = refresh_impl(ctx, g, &r, &projected);
+    if (!projected && has_basis()) project(ctx, g, r);
+    return outcome;
+  }
+
+ private:
+  refresh_outcome refresh_impl(context<Backend>& ctx, matrix_view<const T, Backend> g,
+                               matrix_view<T, Backend>* r, bool* projected = nullptr) {
     const double largest = ops<Backend>::max_abs(ctx, g);
     if (!std::isfinite(largest)) {
       ++skipped_;
       return refresh_outcome::skipped_non_finite;
+    }
+    if (dct_method()) {
+      dct_refresh(ctx, g, r, projected);
+      return refresh_outcome::refreshed;
     }
     matrix<T, Backend> u;
     matrix<T, Backend> v;
@@ -363,6 +443,8 @@ class projector {
         case refresh_method::random:
           random(ctx, u, v);
           break;
+        case refresh_method::dct:
+          break;  // handled above
       }
     } catch (const numerical_error&) {
       ++skipped_;
@@ -373,6 +455,7 @@ class projector {
     return outcome;
   }
 
+ public:
   /// Sets the basis directly (U m x r for a left or two-sided projector, V
   /// n x r for a right or two-sided one; the other empty), orthonormal
   /// columns expected: a basis from elsewhere, or a restored state.
@@ -380,6 +463,11 @@ class projector {
   void set_basis(context<Backend>& ctx, matrix_view<const T, Backend> u,
                  matrix_view<const T, Backend> v) {
     const char* fn = "lowrank::projector::set_basis";
+    if (dct_method()) {
+      detail::throw_invalid_argument(fn, "this", "a dct projector",
+                                     "a projector whose basis is a matrix (a dct projector's "
+                                     "basis is its indices)");
+    }
     if (projects_left()) detail::require_shape(fn, "u", u, rows_, rank_);
     if (projects_right()) detail::require_shape(fn, "v", v, cols_, rank_);
     matrix<T, Backend> nu;
@@ -415,6 +503,13 @@ class projector {
     for (const bool left : {true, false}) {
       if (!(left ? projects_left() : projects_right())) continue;
       const std::string side = left ? "_left" : "_right";
+      if (dct_method()) {
+        const auto& idx = left ? idx_left_ : idx_right_;
+        Eigen::MatrixXd h(index_t(idx.size()), 1);
+        for (std::size_t i = 0; i < idx.size(); ++i) h(index_t(i)) = double(idx[i]);
+        tensors.push_back({prefix + "indices" + side, io::dtype::float32, h, false});
+        continue;
+      }
       if (!quantized()) {
         tensors.push_back(
             {prefix + "basis" + side, type, host_copy(ctx, left ? u_.view() : v_.view()), false});
@@ -478,6 +573,23 @@ class projector {
         if (!(left ? projects_left() : projects_right())) continue;
         const std::string side = left ? "_left" : "_right";
         const index_t n = left ? rows_ : cols_;
+        if (dct_method()) {
+          const std::string name = prefix + "indices" + side;
+          const auto h = read(name, rank_, 1);
+          std::vector<std::int32_t> idx(static_cast<std::size_t>(rank_));
+          std::vector<bool> seen(static_cast<std::size_t>(n), false);
+          for (index_t k = 0; k < rank_; ++k) {
+            const T x = h(k);
+            if (!(x >= 0 && x < T(n) && x == std::floor(x)) || seen[std::size_t(x)]) {
+              src.fail("with tensor '" + name + "' holding " + std::to_string(x),
+                       "distinct integer indices in [0, " + std::to_string(n) + ")");
+            }
+            seen[std::size_t(x)] = true;
+            idx[std::size_t(k)] = static_cast<std::int32_t>(x);
+          }
+          (left ? p.idx_left_ : p.idx_right_) = std::move(idx);
+          continue;
+        }
         if (!quantized()) {
           auto& b = left ? p.u_ : p.v_;
           b = matrix<T, Backend>(ctx, n, rank_);
@@ -510,7 +622,7 @@ class projector {
         upload(read(prefix + "zeros" + side, groups, 1), q.zeros.view().as_matrix());
       }
     }
-    if (options_.lazy && p.refreshes_ > 0) {
+    if (options_.lazy && p.refreshes_ > 0 && !dct_method()) {
       const index_t n = projects_right() ? cols_ : rows_;
       p.first_ = matrix<T, Backend>(ctx, n, 1);
       upload(read(prefix + "first_vector", n, 1), p.first_.view());
@@ -609,6 +721,11 @@ class projector {
     if (o.quantize_bits != 0 && o.quantize_bits != 4 && o.quantize_bits != 8) {
       detail::throw_invalid_argument(fn, "options.quantize_bits", o.quantize_bits,
                                      "0 (a float basis), 4 or 8");
+    }
+    if (o.method == refresh_method::dct && o.quantize_bits != 0) {
+      detail::throw_invalid_argument(fn, "options.quantize_bits", o.quantize_bits,
+                                     "0 with method dct (its basis is r indices, nothing to "
+                                     "quantize)");
     }
     if (o.quantize_group < 1 || (o.quantize_bits == 4 && o.quantize_group % 2 != 0)) {
       detail::throw_invalid_argument(fn, "options.quantize_group", o.quantize_group,
@@ -743,6 +860,16 @@ class projector {
   template <class Frame>
   [[nodiscard]] matrix_view<const T, Backend> basis_of(context<Backend>& ctx, Frame& frame,
                                                        bool left) const {
+    if (dct_method()) {
+      const auto& idx = left ? idx_left_ : idx_right_;
+      const index_t n = left ? rows_ : cols_;
+      matrix_view<T, Backend> out(frame.template take<T>(std::size_t(n * rank_)), n, rank_);
+      vector_view<index_t, Backend> d(frame.template take<index_t>(std::size_t(rank_)), rank_);
+      std::vector<index_t> wide(idx.begin(), idx.end());
+      ops<Backend>::upload_indices(ctx, vector_view<const index_t, cpu>(wide.data(), rank_), d);
+      ops<Backend>::dct_basis_fill(ctx, as_const(d), out);
+      return as_const(out);
+    }
     if (!quantized()) return left ? u_.view() : v_.view();
     const index_t n = left ? rows_ : cols_;
     const auto& q = left ? qu_ : qv_;
@@ -784,22 +911,146 @@ class projector {
       Eigen::VectorXd h(3);
       ops<Backend>::download(ctx, as_const(d.view().as_matrix()), view(h));
       // torch.nn.functional.cosine_similarity: x.y / max(|x| |y|, 1e-8).
-      double c = h(0) / std::max(std::sqrt(h(1)) * std::sqrt(h(2)), 1e-8);
-      if (options_.lazy_abs_cosine) c = std::abs(c);
-      cosines_.push_back(c);
-      if (index_t(cosines_.size()) > options_.lazy_queue) cosines_.erase(cosines_.begin());
-      double mean = 0;
-      for (const double x : cosines_) mean += x;
-      mean /= double(cosines_.size());
-      if (index_t(cosines_.size()) == options_.lazy_queue && mean >= options_.lazy_threshold) {
-        const double grown = std::floor(double(gap_) * options_.lazy_growth);
-        const double cap = options_.max_gap > 0 ? double(options_.max_gap) : 1e18;
-        gap_ = index_t(std::min(grown, cap));
-      }
+      lazy_push(h(0) / std::max(std::sqrt(h(1)) * std::sqrt(h(2)), 1e-8));
     } else {
       first_ = matrix<T, Backend>(ctx, first.rows(), 1);
     }
     ops<Backend>::copy(ctx, first, first_.view());
+  }
+
+  /// The lazy rule's queue and gap after a cosine c between first vectors.
+  void lazy_push(double c) {
+    if (options_.lazy_abs_cosine) c = std::abs(c);
+    cosines_.push_back(c);
+    if (index_t(cosines_.size()) > options_.lazy_queue) cosines_.erase(cosines_.begin());
+    double mean = 0;
+    for (const double x : cosines_) mean += x;
+    mean /= double(cosines_.size());
+    if (index_t(cosines_.size()) == options_.lazy_queue && mean >= options_.lazy_threshold) {
+      const double grown = std::floor(double(gap_) * options_.lazy_growth);
+      const double cap = options_.max_gap > 0 ? double(options_.max_gap) : 1e18;
+      gap_ = index_t(std::min(grown, cap));
+    }
+  }
+
+  [[nodiscard]] bool dct_method() const noexcept { return options_.method == refresh_method::dct; }
+
+  /// The top r candidates by score (descending, ties to the lower index; a
+  /// NaN score, from an overflowing transform, ranks last), in slot order:
+  /// an index of `old` still selected keeps its slot, the others fill the
+  /// free slots in score order (see the file comment).
+  [[nodiscard]] static std::vector<std::int32_t> select_top(const Eigen::VectorXd& score, index_t r,
+                                                            const std::vector<std::int32_t>& old) {
+    const index_t n = score.size();
+    std::vector<std::int32_t> order(static_cast<std::size_t>(n));
+    for (index_t j = 0; j < n; ++j) order[std::size_t(j)] = static_cast<std::int32_t>(j);
+    const auto key = [&](std::int32_t j) {
+      const double x = score(j);
+      return std::isnan(x) ? -std::numeric_limits<double>::infinity() : x;
+    };
+    std::partial_sort(order.begin(), order.begin() + r, order.end(),
+                      [&](std::int32_t a, std::int32_t b) {
+                        const double ka = key(a);
+                        const double kb = key(b);
+                        return ka > kb || (ka == kb && a < b);
+                      });
+    order.resize(static_cast<std::size_t>(r));
+    if (old.size() != order.size()) return order;
+    std::vector<bool> chosen(static_cast<std::size_t>(n), false);
+    for (const auto j : order) chosen[std::size_t(j)] = true;
+    std::vector<std::int32_t> out(order.size(), -1);
+    for (std::size_t slot = 0; slot < old.size(); ++slot) {
+      if (chosen[std::size_t(old[slot])]) {
+        out[slot] = old[slot];
+        chosen[std::size_t(old[slot])] = false;  // placed
+      }
+    }
+    std::size_t next = 0;
+    for (const auto j : order) {
+      if (!chosen[std::size_t(j)]) continue;
+      while (out[next] >= 0) ++next;
+      out[next] = j;
+    }
+    return out;
+  }
+
+  /// The `dct` refresh: per side the transform of G, the scores, the top r;
+  /// with `r`, R read out of the one-sided transform (*projected = true).
+  void dct_refresh(context<Backend>& ctx, matrix_view<const T, Backend> g,
+                   matrix_view<T, Backend>* r, bool* projected) {
+    auto ws = ctx.workspace();
+    matrix_view<T, Backend> s(ws.template take<T>(std::size_t(rows_ * cols_)), rows_, cols_);
+    std::vector<std::int32_t> chosen[2];
+    for (const bool left : {true, false}) {
+      if (!(left ? projects_left() : projects_right())) continue;
+      // left: S = C_m G, rows scored; right: S = G C_n^T, columns scored.
+      dct(ctx, g, s, left ? dct_axis::columns : dct_axis::rows);
+      const index_t n = left ? rows_ : cols_;
+      vector<double, Backend> score(ctx, n);
+      if (options_.dct_norm == dct_score::l1) {
+        ops<Backend>::abs_sums(ctx, as_const(s), left, score.view());
+      } else if (left) {
+        ops<Backend>::row_dots(ctx, as_const(s), as_const(s), score.view());
+      } else {
+        ops<Backend>::column_squared_norms(ctx, as_const(s), score.view());
+      }
+      Eigen::VectorXd h(n);
+      ops<Backend>::download(ctx, as_const(score.view().as_matrix()), view(h));
+      auto& idx = chosen[left ? 0 : 1];
+      idx = select_top(h, rank_, left ? idx_left_ : idx_right_);
+      if (r != nullptr && side_ != projection_side::two_sided) {
+        std::vector<index_t> wide(idx.begin(), idx.end());
+        vector<index_t, Backend> d(ctx, rank_);
+        ops<Backend>::upload_indices(ctx, vector_view<const index_t, cpu>(wide.data(), rank_),
+                                     d.view());
+        if (left) {
+          ops<Backend>::gather_rows(ctx, as_const(s), as_const(d.view()), *r);
+        } else {
+          ops<Backend>::gather_columns(ctx, as_const(s), as_const(d.view()),
+                                       vector_view<const T, Backend>(), *r);
+        }
+        *projected = true;
+      }
+    }
+    install_indices(ctx, std::move(chosen[0]), std::move(chosen[1]));
+  }
+
+  /// Takes the new indices; the transitions [new_i == old_j] and the overlap
+  /// (the fraction of indices kept), the lazy rule (its cosine between first
+  /// vectors is 1 or 0: the basis is orthonormal).
+  void install_indices(context<Backend>& ctx, std::vector<std::int32_t>&& left,
+                       std::vector<std::int32_t>&& right) {
+    if (has_basis()) {
+      double overlap = 1;
+      const auto transition = [&](const std::vector<std::int32_t>& now,
+                                  const std::vector<std::int32_t>& old, matrix<T, Backend>& c) {
+        Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> h =
+            Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>::Zero(rank_, rank_);
+        index_t kept = 0;
+        for (index_t i = 0; i < rank_; ++i) {
+          for (index_t j = 0; j < rank_; ++j) {
+            if (now[std::size_t(i)] == old[std::size_t(j)]) {
+              h(i, j) = T(1);
+              ++kept;
+            }
+          }
+        }
+        c = matrix<T, Backend>(ctx, rank_, rank_);
+        ops<Backend>::upload(ctx, as_const(view(h)), c.view());
+        overlap = std::min(overlap, double(kept) / double(rank_));
+      };
+      if (projects_left()) transition(left, idx_left_, c_left_);
+      if (projects_right()) transition(right, idx_right_, c_right_);
+      overlap_ = overlap;
+      if (options_.lazy) {
+        const auto& now = projects_right() ? right : left;
+        const auto& old = projects_right() ? idx_right_ : idx_left_;
+        lazy_push(now[0] == old[0] ? 1.0 : 0.0);
+      }
+    }
+    idx_left_ = std::move(left);
+    idx_right_ = std::move(right);
+    ++refreshes_;
   }
 
   static Eigen::MatrixXd host_copy(context<Backend>& ctx, matrix_view<const T, Backend> x) {
@@ -847,12 +1098,13 @@ class projector {
   index_t cols_ = 0;
   index_t rank_ = 0;
   projection_side side_ = projection_side::right;
-  index_t gap_ = 1;                      // the refresh gap in force
-  matrix<T, Backend> u_, v_;             // the basis (empty when quantized)
-  quantized_basis qu_, qv_;              // the basis as codes (when quantized)
-  matrix<T, Backend> first_;             // the lazy rule's last first vector
-  std::vector<double> cosines_;          // the lazy rule's queue
-  matrix<T, Backend> c_left_, c_right_;  // the last transitions
+  index_t gap_ = 1;                                 // the refresh gap in force
+  matrix<T, Backend> u_, v_;                        // the basis (empty when quantized)
+  quantized_basis qu_, qv_;                         // the basis as codes (when quantized)
+  matrix<T, Backend> first_;                        // the lazy rule's last first vector
+  std::vector<double> cosines_;                     // the lazy rule's queue
+  matrix<T, Backend> c_left_, c_right_;             // the last transitions
+  std::vector<std::int32_t> idx_left_, idx_right_;  // dct: the selected basis vectors
   double overlap_ = 1;
   std::uint64_t refreshes_ = 0;
   std::uint64_t skipped_ = 0;

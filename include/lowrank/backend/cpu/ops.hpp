@@ -8,15 +8,19 @@
 /// - backend/cpu/adapters.hpp: the adapters' operations
 ///   (`adapter_backend_for`, adapters/backend.hpp);
 /// - backend/cpu/projection.hpp: the projected optimizers' operations
-///   (`projection_backend_for`, projection/backend.hpp).
+///   (`projection_backend_for`, projection/backend.hpp);
+/// - backend/cpu/basis.hpp: the basis family's operations (`basis_backend_for`,
+///   basis/backend.hpp): the DCT's FFT route, basis vectors, column gathers.
 /// A new family adds its part here and asserts its concept below. Parts use
 /// distinct names, so that no call through `ops<cpu>` is ambiguous.
 
 #include "lowrank/adapters/backend.hpp"
 #include "lowrank/backend/cpu/adapters.hpp"
+#include "lowrank/backend/cpu/basis.hpp"
 #include "lowrank/backend/cpu/context.hpp"
 #include "lowrank/backend/cpu/core.hpp"
 #include "lowrank/backend/cpu/projection.hpp"
+#include "lowrank/basis/backend.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
 #include "lowrank/projection/backend.hpp"
@@ -24,7 +28,10 @@
 namespace lowrank {
 
 template <>
-struct ops<cpu> : detail::cpu_core_ops, detail::cpu_adapter_ops, detail::cpu_projection_ops {
+struct ops<cpu> : detail::cpu_core_ops,
+                  detail::cpu_adapter_ops,
+                  detail::cpu_projection_ops,
+                  detail::cpu_basis_ops {
   using backend = cpu;
 };
 
@@ -34,5 +41,7 @@ static_assert(adapter_backend_for<cpu, float>);
 static_assert(adapter_backend_for<cpu, double>);
 static_assert(projection_backend_for<cpu, float>);
 static_assert(projection_backend_for<cpu, double>);
+static_assert(basis_backend_for<cpu, float>);
+static_assert(basis_backend_for<cpu, double>);
 
 }  // namespace lowrank
