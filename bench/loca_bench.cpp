@@ -45,17 +45,18 @@
 #include <utility>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <dlfcn.h>
-#endif
+#include "support.hpp"
 
 namespace {
 
 using lowrank::index_t;
 using lowrank::transpose;
+using lowrank::bench::median;
+using lowrank::bench::median_ratio;
+using lowrank::bench::set_blas_threads;
+using lowrank::bench::time_of;
 using matrix = Eigen::MatrixXf;
 using vector = Eigen::VectorXf;
-using clock_type = std::chrono::steady_clock;
 using ops = lowrank::ops<lowrank::cpu>;
 using lora = lowrank::lora<float, lowrank::cpu>;
 using loca = lowrank::loca<float, lowrank::cpu>;
@@ -63,35 +64,6 @@ using loca = lowrank::loca<float, lowrank::cpu>;
 constexpr index_t features = 4096;  // out = in
 constexpr index_t batch = 512;      // N
 constexpr index_t frequencies = 1000;
-
-/// Sets OpenBLAS's thread count when the BLAS is OpenBLAS (found at run time).
-void set_blas_threads(int threads) {
-#if defined(__unix__) || defined(__APPLE__)
-  static const auto set =
-      reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (set != nullptr) set(threads);
-#endif
-}
-
-/// Seconds that f() takes.
-template <class F>
-double time_of(F&& f) {
-  const auto start = clock_type::now();
-  f();
-  return std::chrono::duration<double>(clock_type::now() - start).count();
-}
-
-double median(std::vector<double> times) {
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
-}
-
-/// The median of the per-iteration ratios a_i / b_i.
-double median_ratio(const std::vector<double>& a, const std::vector<double>& b) {
-  std::vector<double> ratios(a.size());
-  for (std::size_t i = 0; i < a.size(); ++i) ratios[i] = a[i] / b[i];
-  return median(std::move(ratios));
-}
 
 /// A frozen layer, a batch, an upstream gradient and the outputs, all Gaussian.
 struct problem {

@@ -38,36 +38,16 @@
 #include <lowrank/lowrank.hpp>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <dlfcn.h>
-#endif
+#include "support.hpp"
 
 namespace {
 
 using lowrank::index_t;
+using lowrank::bench::median;
+using lowrank::bench::set_blas_threads;
+using lowrank::bench::time_of;
 using matrix = Eigen::MatrixXf;
 using ops = lowrank::ops<lowrank::cpu>;
-using clock_type = std::chrono::steady_clock;
-
-void set_blas_threads(int threads) {
-#if defined(__unix__) || defined(__APPLE__)
-  static const auto set =
-      reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (set != nullptr) set(threads);
-#endif
-}
-
-template <class F>
-double time_of(F&& f) {
-  const auto start = clock_type::now();
-  f();
-  return std::chrono::duration<double>(clock_type::now() - start).count();
-}
-
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-  return v[v.size() / 2];
-}
 
 /// The drifting gradient sequence of the file comment: G_t (m x n).
 class drifting_gradient {

@@ -22,24 +22,14 @@
 #include <thread>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <dlfcn.h>
-#endif
+#include "support.hpp"
 
 namespace {
 
 using lowrank::index_t;
+using lowrank::bench::set_blas_threads;
 using matrix = Eigen::MatrixXf;
 using clock_type = std::chrono::steady_clock;
-
-/// Sets OpenBLAS's thread count when the BLAS is OpenBLAS (found at run time).
-void set_blas_threads(int threads) {
-#if defined(__unix__) || defined(__APPLE__)
-  static const auto set =
-      reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (set != nullptr) set(threads);
-#endif
-}
 
 double seconds_since(clock_type::time_point start) {
   return std::chrono::duration<double>(clock_type::now() - start).count();

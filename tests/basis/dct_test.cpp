@@ -13,6 +13,7 @@
 #include "lowrank/basis/dct.hpp"
 #include "lowrank/io/npy.hpp"
 #include "support/backends.hpp"
+#include "support/dct_reference.hpp"
 
 namespace lowrank::test {
 namespace {
@@ -23,21 +24,6 @@ TYPED_TEST_SUITE(dct_test, test_configs, config_names);
 
 Eigen::MatrixXd fixture(const std::string& name) {
   return io::read_npy<double>(std::string(LOWRANK_TEST_BASIS_FIXTURE_DIR) + "/" + name + ".npy");
-}
-
-/// The orthonormal DCT-II matrix in long double, rounded to double.
-Eigen::MatrixXd explicit_c(index_t n) {
-  Eigen::MatrixXd c(n, n);
-  const long double pi = 3.141592653589793238462643383279502884L;
-  for (index_t k = 0; k < n; ++k) {
-    const long double s = std::sqrt((k == 0 ? 1.0L : 2.0L) / static_cast<long double>(n));
-    for (index_t j = 0; j < n; ++j) {
-      // The angle reduced exactly in integers first: k (2j + 1) mod 4n.
-      const auto m = static_cast<long double>((k * (2 * j + 1)) % (4 * n));
-      c(k, j) = static_cast<double>(s * std::cos(pi * m / (2.0L * static_cast<long double>(n))));
-    }
-  }
-  return c;
 }
 
 /// The error bound of a transform of vectors of length n with norm `norm` in
@@ -140,7 +126,7 @@ TYPED_TEST(dct_test, gemm_route_is_the_explicit_matrix) {
   auto ctx = make_context<B>(1);
   for (const index_t n : {1, 3, 8, 33, 200}) {
     SCOPED_TRACE(n);
-    const Eigen::MatrixXd c = explicit_c(n);
+    const Eigen::MatrixXd c = dct_matrix(n);
     const Eigen::MatrixXd x = Eigen::MatrixXd::Random(n, 4);
     const Eigen::MatrixXd xr = x.cast<T>().template cast<double>();
     const double tol = bound<T>(n, max_row_norm(x, dct_axis::columns));
@@ -160,7 +146,7 @@ TYPED_TEST(dct_test, basis_vectors_are_rows_of_c_and_orthonormal) {
   auto ctx = make_context<B>(2);
   for (const index_t n : {1, 2, 7, 64, 1000}) {
     SCOPED_TRACE(n);
-    const Eigen::MatrixXd c = explicit_c(n);
+    const Eigen::MatrixXd c = dct_matrix(n);
     std::vector<index_t> idx;
     for (index_t k = n - 1; k >= 0; k -= std::max<index_t>(1, n / 9)) idx.push_back(k);
     idx.push_back(0);  // a repeat is allowed
@@ -305,7 +291,7 @@ TEST(dct_route, the_cost_model_picks_gemm_for_small_or_prime_lengths) {
   EXPECT_EQ(dct_route_for<cpu>(1, 10), dct_route::gemm);
   EXPECT_EQ(dct_route_for<cpu>(64, 10), dct_route::gemm);
   EXPECT_EQ(dct_route_for<cpu>(127, 10), dct_route::gemm);  // prime
-  // kappa = 20: the measured cross-over lies between 256 and 384 (bench/dct_bench.cpp).
+  // kappa = 20 puts the switch between 256 and 384 (dct_fft_kappa says why).
   EXPECT_EQ(dct_route_for<cpu>(256, 10), dct_route::gemm);
   EXPECT_EQ(dct_route_for<cpu>(384, 10), dct_route::fft);
   EXPECT_EQ(dct_route_for<cpu>(4099, 10), dct_route::gemm);  // prime

@@ -18,6 +18,7 @@
 #include "lowrank/projection/projected_adam.hpp"
 #include "lowrank/projection/projector.hpp"
 #include "support/backends.hpp"
+#include "support/dct_reference.hpp"
 
 namespace lowrank::test {
 namespace {
@@ -28,20 +29,6 @@ TYPED_TEST_SUITE(dct_projector_test, test_configs, config_names);
 
 Eigen::MatrixXd fixture(const std::string& name) {
   return io::read_npy<double>(std::string(LOWRANK_TEST_BASIS_FIXTURE_DIR) + "/" + name + ".npy");
-}
-
-/// The orthonormal DCT-II matrix, the angle reduced exactly (long double).
-Eigen::MatrixXd c_matrix(index_t n) {
-  Eigen::MatrixXd c(n, n);
-  const long double pi = 3.141592653589793238462643383279502884L;
-  for (index_t k = 0; k < n; ++k) {
-    const long double s = std::sqrt((k == 0 ? 1.0L : 2.0L) / static_cast<long double>(n));
-    for (index_t j = 0; j < n; ++j) {
-      const auto m = static_cast<long double>((k * (2 * j + 1)) % (4 * n));
-      c(k, j) = static_cast<double>(s * std::cos(pi * m / (2.0L * static_cast<long double>(n))));
-    }
-  }
-  return c;
 }
 
 projector_options dct_options(index_t rank, dct_score norm,
@@ -128,7 +115,7 @@ TYPED_TEST(dct_projector_test, l2_selection_is_the_best_subset_by_brute_force) {
   auto ctx = make_context<B>(1);
   const index_t m = 9;
   const index_t n = 7;
-  const Eigen::MatrixXd c = c_matrix(n);
+  const Eigen::MatrixXd c = dct_matrix(n);
   for (const index_t rank : {1, 2, 3, 4}) {
     for (int trial = 0; trial < 3; ++trial) {
       const Eigen::MatrixXd g = Eigen::MatrixXd::Random(m, n).cast<T>().template cast<double>();
@@ -165,7 +152,7 @@ TYPED_TEST(dct_projector_test, slots_are_stable_and_transitions_are_selections) 
   auto ctx = make_context<B>(1);
   const index_t m = 12;
   const index_t n = 10;
-  const Eigen::MatrixXd c = c_matrix(n);
+  const Eigen::MatrixXd c = dct_matrix(n);
   // G = sum_k w_k u_k c_k^T over chosen frequencies: the scores are w_k.
   const auto make = [&](const std::vector<std::pair<index_t, double>>& freq) {
     Eigen::MatrixXd g = Eigen::MatrixXd::Zero(m, n);
@@ -214,8 +201,8 @@ TYPED_TEST(dct_projector_test, left_right_and_two_sided_projections_agree_with_e
   const index_t n = 20;
   const Eigen::MatrixXd g = Eigen::MatrixXd::Random(m, n).cast<T>().template cast<double>();
   const auto gb = to_backend<B>(ctx, host_matrix<T>(g.template cast<T>()));
-  const Eigen::MatrixXd cm = c_matrix(m);
-  const Eigen::MatrixXd cn = c_matrix(n);
+  const Eigen::MatrixXd cm = dct_matrix(m);
+  const Eigen::MatrixXd cn = dct_matrix(n);
   const double tol = 32 * eps<T> * g.norm();
   for (const auto side :
        {projection_side::left, projection_side::right, projection_side::two_sided}) {

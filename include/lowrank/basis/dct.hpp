@@ -38,8 +38,8 @@
 ///   at a time (backend/cpu/fft.hpp; within 2x of FFTW's REDFT10), on CUDA
 ///   cuFFT (a plan cached in the context); no n x n matrix.
 /// - `automatic` (the default) follows the cost model `dct_route_for`: the
-///   FFT route when sum(p) * kappa < n (kappa = 20 on the CPU, measured:
-///   see bench/dct_bench.cpp; 4 on CUDA, estimated), else the GEMM route; so
+///   FFT route when sum(p) * kappa < n (kappa = 20 on the CPU, see
+///   dct_fft_kappa; 4 on CUDA, estimated), else the GEMM route; so
 ///   small lengths and lengths with a large prime factor (127, 4099) take the
 ///   GEMM, powers of two and smooth lengths from about 400 on take the FFT.
 /// Both routes agree to a few ulp times log2(n) (tests/basis/dct_test.cpp).
@@ -124,12 +124,16 @@ class dct_matrix_cache {
   std::map<index_t, matrix<T, Backend>> cache_;
 };
 
-/// The cost model's kappa (see the file comment). CPU: measured on this
-/// project's 2-core AVX-512 machine, 512 vectors in float: the GEMM route is
-/// 2x faster at n = 256, the FFT route 1.5x faster at n = 512, so kappa
-/// lies in (16, 28) and 20 splits it. CUDA: not measured yet (no device);
-/// cuFFT is memory-bound where the GEMM is compute-bound, so the FFT wins
-/// earlier: 4 is an estimate.
+/// The cost model's kappa (see the file comment). CPU: chosen when the FFT
+/// route was kissfft (the GEMM 2x faster at n = 256, the FFT 1.5x faster at
+/// n = 512, 512 float rows, this project's 2-core AVX-512 machine). Our own
+/// FFT moved the cross-over down: at -O2 the GEMM is ahead at n = 128 (by
+/// 12%), the FFT from n = 192 (1.6x there, a tie at 256, 1.7x at 320); with
+/// -march=native the FFT is ahead from n = 128. A kappa near 10 would fit;
+/// 20 keeps the GEMM up to n of about 384, where it is at most 1.7x slower
+/// (bench/README.md; LoCA's route model uses this kappa too). CUDA:
+/// not measured yet (no device); cuFFT is memory-bound where the GEMM is
+/// compute-bound, so the FFT wins earlier: 4 is an estimate.
 template <class Backend>
 inline constexpr double dct_fft_kappa = 20;
 template <>
