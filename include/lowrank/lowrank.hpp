@@ -15,6 +15,7 @@
 #include "lowrank/core/matrix.hpp"
 #include "lowrank/core/matrix_view.hpp"
 
+#include "lowrank/random/permutation.hpp"
 #include "lowrank/random/philox.hpp"
 #include "lowrank/random/streams.hpp"
 
@@ -39,5 +40,7 @@
 #include "lowrank/adapters/shared_a_lora.hpp"
 
 #include "lowrank/basis/dct.hpp"
+#include "lowrank/factors/sparse.hpp"
+#include "lowrank/factors/sparse_plus_low_rank.hpp"
 #include "lowrank/projection/projected_adam.hpp"
 #include "lowrank/projection/projector.hpp"

@@ -10,7 +10,9 @@
 /// - backend/cpu/projection.hpp: the projected optimizers' operations
 ///   (`projection_backend_for`, projection/backend.hpp);
 /// - backend/cpu/basis.hpp: the basis family's operations (`basis_backend_for`,
-///   basis/backend.hpp): the DCT's FFT route, basis vectors, column gathers.
+///   basis/backend.hpp): the DCT's FFT route, basis vectors, column gathers;
+/// - backend/cpu/factors.hpp: the factors family's operations
+///   (`factors_backend_for`, factors/backend.hpp): sparse products, supports.
 /// A new family adds its part here and asserts its concept below. Parts use
 /// distinct names, so that no call through `ops<cpu>` is ambiguous.
 
@@ -19,10 +21,12 @@
 #include "lowrank/backend/cpu/basis.hpp"
 #include "lowrank/backend/cpu/context.hpp"
 #include "lowrank/backend/cpu/core.hpp"
+#include "lowrank/backend/cpu/factors.hpp"
 #include "lowrank/backend/cpu/projection.hpp"
 #include "lowrank/basis/backend.hpp"
 #include "lowrank/core/backend.hpp"
 #include "lowrank/core/concepts.hpp"
+#include "lowrank/factors/backend.hpp"
 #include "lowrank/projection/backend.hpp"
 
 namespace lowrank {
@@ -31,7 +35,8 @@ template <>
 struct ops<cpu> : detail::cpu_core_ops,
                   detail::cpu_adapter_ops,
                   detail::cpu_projection_ops,
-                  detail::cpu_basis_ops {
+                  detail::cpu_basis_ops,
+                  detail::cpu_factor_ops {
   using backend = cpu;
 };
 
@@ -43,5 +48,7 @@ static_assert(projection_backend_for<cpu, float>);
 static_assert(projection_backend_for<cpu, double>);
 static_assert(basis_backend_for<cpu, float>);
 static_assert(basis_backend_for<cpu, double>);
+static_assert(factors_backend_for<cpu, float>);
+static_assert(factors_backend_for<cpu, double>);
 
 }  // namespace lowrank

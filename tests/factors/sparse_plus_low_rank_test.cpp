@@ -1,0 +1,485 @@
+// The factors family: random supports (exact size, distinct, sorted, the same
+// whatever the threads and on every backend), the sparse operations against
+// dense references, SLTrain's layer (finite-difference gradients in double
+// on both routes and as an adapter, the reference's fixture from
+// tools/make_sltrain_fixtures.py, merge, seed storage) and bad input. Typed
+// over the backends (the file builds as CUDA too).
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "lowrank/factors/sparse.hpp"
+#include "lowrank/factors/sparse_plus_low_rank.hpp"
+#include "lowrank/io/safetensors.hpp"
+#include "support/backends.hpp"
+
+namespace lowrank::test {
+namespace {
+
+using matd = Eigen::MatrixXd;
+using vecd = Eigen::VectorXd;
+
+template <class Config>
+class factors_test : public backend_test<Config> {};
+TYPED_TEST_SUITE(factors_test, test_configs, config_names);
+
+template <class T, class Backend>
+matd host(context<Backend>& ctx, matrix_view<const T, Backend> x) {
+  host_matrix<T> out(x.rows(), x.cols());
+  ops<Backend>::download(ctx, x, view(out));
+  return out.template cast<double>();
+}
+
+template <class T, class Backend>
+matrix<T, Backend> upload(context<Backend>& ctx, const matd& x) {
+  const host_matrix<T> h = x.cast<T>();
+  return to_backend<Backend, T>(ctx, h);
+}
+
+template <class T, class Backend>
+void set(context<Backend>& ctx, matrix_view<T, Backend> dst, const matd& x) {
+  const host_matrix<T> h = x.cast<T>();
+  ops<Backend>::upload(ctx, view(h), dst);
+}
+
+/// The dense m x n matrix of a support and its values.
+template <class Backend>
+matd dense_of(context<Backend>& ctx, const sparse_support<Backend>& s, const vecd& v) {
+  matd w = matd::Zero(s.rows(), s.cols());
+  const auto flat = s.flat_indices(ctx);
+  for (std::size_t k = 0; k < flat.size(); ++k) {
+    w(flat[k] / s.cols(), flat[k] % s.cols()) += v(index_t(k));
+  }
+  return w;
+}
+
+sparse_plus_low_rank_options small_options(double density = 0.2) {
+  sparse_plus_low_rank_options o;
+  o.rank = 3;
+  o.alpha = 6;
+  o.density = density;
+  o.seed = 11;
+  o.layer = 2;
+  return o;
+}
+
+TYPED_TEST(factors_test, random_support_is_exact_distinct_sorted_and_thread_independent) {
+  using B = typename TypeParam::backend;
+  auto ctx = make_context<B>(2);
+  const random_stream st = factor_stream(5, 1, factor_stream_kind::support);
+  for (const auto& [m, n, nnz] : std::vector<std::array<index_t, 3>>{
+           {1, 1, 1}, {1, 1, 0}, {7, 9, 12}, {7, 9, 63}, {300, 257, 2313}, {64, 4096, 7864}}) {
+    const auto s = sparse_support<B>::random(ctx, m, n, nnz, st);
+    const auto flat = s.flat_indices(ctx);
+    ASSERT_EQ(index_t(flat.size()), nnz);
+    for (std::size_t k = 0; k < flat.size(); ++k) {
+      ASSERT_GE(flat[k], 0);
+      ASSERT_LT(flat[k], m * n);
+      if (k > 0) {
+        ASSERT_LT(flat[k - 1], flat[k]) << "sorted and distinct";
+      }
+    }
+    auto ctx1 = make_context<B>(1);
+    EXPECT_EQ(sparse_support<B>::random(ctx1, m, n, nnz, st).flat_indices(ctx1), flat);
+  }
+  // Another seed gives another support; nnz = m n gives every position.
+  const auto a = sparse_support<B>::random(ctx, 40, 50, 100, st).flat_indices(ctx);
+  const auto b = sparse_support<B>::random(ctx, 40, 50, 100, st.next()).flat_indices(ctx);
+  EXPECT_NE(a, b);
+  const auto all = sparse_support<B>::random(ctx, 13, 11, 143, st).flat_indices(ctx);
+  for (std::int64_t k = 0; k < 143; ++k) ASSERT_EQ(all[std::size_t(k)], k);
+}
+
+TYPED_TEST(factors_test, random_support_is_uniform) {
+  using B = typename TypeParam::backend;
+  auto ctx = make_context<B>(2);
+  // 200 x 300 with 6000 entries: each row holds 30 on average, hypergeometric
+  // (variance about 27). Over 200 rows, chi^2 / dof stays near 1 for a
+  // uniform subset (P[> 1.35] < 1e-4); columns likewise (20 per column).
+  const index_t m = 200, n = 300, nnz = 6000;
+  const auto s =
+      sparse_support<B>::random(ctx, m, n, nnz, factor_stream(9, 0, factor_stream_kind::support));
+  const auto flat = s.flat_indices(ctx);
+  std::vector<double> rows(std::size_t(m), 0), cols(std::size_t(n), 0);
+  for (const auto f : flat) {
+    rows[std::size_t(f / n)] += 1;
+    cols[std::size_t(f % n)] += 1;
+  }
+  auto chi = [](const std::vector<double>& c, double mean) {
+    double x = 0;
+    for (const double v : c) x += (v - mean) * (v - mean) / mean;
+    return x / double(c.size() - 1);
+  };
+  EXPECT_LT(chi(rows, 30), 1.35);
+  EXPECT_GT(chi(rows, 30), 0.65);
+  EXPECT_LT(chi(cols, 20), 1.35);
+  EXPECT_GT(chi(cols, 20), 0.65);
+}
+
+TYPED_TEST(factors_test, sparse_operations_match_dense_references) {
+  using B = typename TypeParam::backend;
+  using T = typename TypeParam::scalar;
+  auto ctx = make_context<B>(2);
+  const index_t m = 37, n = 53, nnz = 400;
+  const auto s = sparse_support<B>::random(ctx, m, n, nnz, random_stream{3, 4});
+  const vecd v = vecd::Random(nnz);
+  const auto vb = upload<T>(ctx, matd(v));
+  const vector_view<const T, B> vv(vb.view().data(), nnz);
+  const matd dense = dense_of(ctx, s, v);
+  // Unit roundoff times the terms of a sum (at most ~64 + 20 here).
+  const double tol = 200 * eps<T>;
+  for (const index_t rows : {index_t(1), index_t(63), index_t(64), index_t(150)}) {
+    const matd x = matd::Random(rows, n);
+    const matd y0 = matd::Random(rows, m);
+    auto xb = upload<T>(ctx, x);
+    auto yb = upload<T>(ctx, y0);
+    ops<B>::sparse_times(ctx, transpose::no, T(0.5), s.view(), vv, xb.view(), yb.view());
+    const matd want = y0 + 0.5 * x * dense.transpose();
+    EXPECT_LT((host(ctx, as_const(yb.view())) - want).norm(), tol * want.norm()) << rows;
+
+    const matd g = matd::Random(rows, m);
+    const matd dx0 = matd::Random(rows, n);
+    auto gb = upload<T>(ctx, g);
+    auto dxb = upload<T>(ctx, dx0);
+    ops<B>::sparse_times(ctx, transpose::yes, T(-2), s.view(), vv, gb.view(), dxb.view());
+    const matd want_dx = dx0 - 2 * g * dense;
+    EXPECT_LT((host(ctx, as_const(dxb.view())) - want_dx).norm(), tol * want_dx.norm()) << rows;
+
+    // SDDMM: the support's entries of G^T X.
+    const vecd v0 = vecd::Random(nnz);
+    auto outb = upload<T>(ctx, matd(v0));
+    ops<B>::sampled_product(ctx, T(3), gb.view(), xb.view(), s.view(), T(-1),
+                            vector_view<T, B>(outb.view().data(), nnz));
+    const matd full = g.transpose() * x;
+    const auto flat = s.flat_indices(ctx);
+    vecd want_v(nnz);
+    for (index_t k = 0; k < nnz; ++k) {
+      want_v(k) = 3 * full(flat[std::size_t(k)] / n, flat[std::size_t(k)] % n) - v0(k);
+    }
+    EXPECT_LT((host(ctx, as_const(outb.view())).col(0) - want_v).norm(), tol * want_v.norm());
+  }
+  // Scatter into and gather from a dense matrix.
+  const matd w0 = matd::Random(m, n);
+  auto wb = upload<T>(ctx, w0);
+  ops<B>::sparse_to_dense(ctx, T(2), s.view(), vv, wb.view());
+  EXPECT_LT((host(ctx, as_const(wb.view())) - (w0 + 2 * dense)).norm(), 10 * eps<T> * w0.norm());
+  auto gathered = upload<T>(ctx, matd(v));
+  ops<B>::dense_to_sparse(ctx, T(1), s.view(), as_const(wb.view()), T(0),
+                          vector_view<T, B>(gathered.view().data(), nnz));
+  const auto flat = s.flat_indices(ctx);
+  const matd wh = host(ctx, as_const(wb.view()));
+  const matd got = host(ctx, as_const(gathered.view()));
+  for (index_t k = 0; k < nnz; ++k) {
+    ASSERT_EQ(got(k, 0), wh(flat[std::size_t(k)] / n, flat[std::size_t(k)] % n));
+  }
+}
+
+TYPED_TEST(factors_test, sparse_products_do_not_depend_on_threads) {
+  using B = typename TypeParam::backend;
+  using T = typename TypeParam::scalar;
+  const matd x = matd::Random(200, 70);
+  const matd g = matd::Random(200, 90);
+  auto run = [&](int threads) {
+    auto ctx = make_context<B>(threads);
+    const auto s = sparse_support<B>::random(ctx, 90, 70, 900, random_stream{1, 2});
+    auto xb = upload<T>(ctx, x);
+    auto gb = upload<T>(ctx, g);
+    auto v = upload<T>(ctx, matd(vecd::LinSpaced(900, -1, 1)));
+    const vector_view<const T, B> vv(v.view().data(), 900);
+    matrix<T, B> y(ctx, 200, 90), dx(ctx, 200, 70), dv(ctx, 900, 1);
+    ops<B>::fill(ctx, y.view(), T(0));
+    ops<B>::fill(ctx, dx.view(), T(0));
+    ops<B>::sparse_times(ctx, transpose::no, T(1), s.view(), vv, xb.view(), y.view());
+    ops<B>::sparse_times(ctx, transpose::yes, T(1), s.view(), vv, gb.view(), dx.view());
+    ops<B>::sampled_product(ctx, T(1), gb.view(), xb.view(), s.view(), T(0),
+                            vector_view<T, B>(dv.view().data(), 900));
+    return std::vector<matd>{host(ctx, as_const(y.view())), host(ctx, as_const(dx.view())),
+                             host(ctx, as_const(dv.view()))};
+  };
+  const auto one = run(1);
+  const auto two = run(2);
+  for (std::size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(one[i] == two[i]) << i;
+}
+
+/// L = sum(Y (.) G) and its gradients by the layer; then central differences
+/// of L for every parameter entry and for X (double only: L is linear in each
+/// entry, so the differences are exact up to rounding).
+template <class B>
+void check_gradients(context<B>& ctx, sparse_plus_low_rank<double, B>& layer, index_t n) {
+  const index_t in = layer.in_features(), out = layer.out_features();
+  // Non-zero B, so that every gradient is informative.
+  set(ctx, layer.b(), matd::Random(out, layer.rank()));
+  const matd x = matd::Random(n, in);
+  const matd g = matd::Random(n, out);
+  auto xb = upload<double>(ctx, x);
+  auto gb = upload<double>(ctx, g);
+  matrix<double, B> y(ctx, n, out), dx(ctx, n, in);
+  auto loss = [&]() {
+    layer.forward(ctx, xb.view(), y.view());
+    return host(ctx, as_const(y.view())).cwiseProduct(g).sum();
+  };
+  layer.zero_grad(ctx);
+  (void)loss();
+  layer.backward(ctx, gb.view(), dx.view());
+  const double h = 1e-6;
+  for (auto& p : layer.parameters()) {
+    const matd value = host(ctx, as_const(p.value));
+    const matd grad = host(ctx, as_const(p.grad));
+    matd fd(value.rows(), value.cols());
+    for (index_t k = 0; k < value.size(); ++k) {
+      matd plus = value, minus = value;
+      plus.data()[k] += h;
+      minus.data()[k] -= h;
+      set(ctx, p.value, plus);
+      const double lp = loss();
+      set(ctx, p.value, minus);
+      fd.data()[k] = (lp - loss()) / (2 * h);
+    }
+    set(ctx, p.value, value);
+    EXPECT_LT((fd - grad).norm(), 1e-7 * (1 + grad.norm())) << p.name;
+  }
+  matd fdx(n, in);
+  for (index_t k = 0; k < x.size(); ++k) {
+    matd plus = x, minus = x;
+    plus.data()[k] += h;
+    minus.data()[k] -= h;
+    set(ctx, xb.view(), plus);
+    const double lp = loss();
+    set(ctx, xb.view(), minus);
+    fdx.data()[k] = (lp - loss()) / (2 * h);
+  }
+  const matd dxh = host(ctx, as_const(dx.view()));
+  EXPECT_LT((fdx - dxh).norm(), 1e-7 * (1 + dxh.norm())) << "x";
+}
+
+TYPED_TEST(factors_test, gradients_match_finite_differences) {
+  using B = typename TypeParam::backend;
+  if constexpr (std::is_same_v<typename TypeParam::scalar, double>) {
+    auto ctx = make_context<B>(2);
+    for (const factor_route route : {factor_route::factored, factor_route::dense}) {
+      for (const support_storage storage : {support_storage::indices, support_storage::seed}) {
+        auto o = small_options();
+        o.route = route;
+        o.storage = storage;
+        sparse_plus_low_rank<double, B> layer(ctx, 7, 9, o);
+        EXPECT_EQ(layer.nnz(), 12);
+        check_gradients(ctx, layer, 70);
+      }
+      // As an adapter on a frozen layer with a bias.
+      const auto w0 = upload<double>(ctx, matd::Random(8, 6));
+      const auto b0 = upload<double>(ctx, matd::Random(8, 1));
+      auto o = small_options(0.3);
+      o.route = route;
+      sparse_plus_low_rank<double, B> adapter(ctx, w0.view(),
+                                              vector_view<const double, B>(b0.view().data(), 8), o);
+      set(ctx, adapter.values().as_matrix(), matd::Random(adapter.nnz(), 1));
+      check_gradients(ctx, adapter, 5);
+    }
+  }
+}
+
+TYPED_TEST(factors_test, routes_and_merge_agree) {
+  using B = typename TypeParam::backend;
+  using T = typename TypeParam::scalar;
+  auto ctx = make_context<B>(2);
+  auto o = small_options(0.05);
+  o.rank = 8;
+  o.alpha = 16;
+  sparse_plus_low_rank<T, B> fact(ctx, 40, 90, o);
+  o.route = factor_route::dense;
+  sparse_plus_low_rank<T, B> dense(ctx, 40, 90, o);
+  const matd bh = matd::Random(40, 8);
+  set(ctx, fact.b(), bh);
+  set(ctx, dense.b(), bh);
+  EXPECT_EQ(fact.route_for(16), factor_route::factored);
+  // The same streams: the same initial A, values and bias.
+  EXPECT_TRUE(host(ctx, as_const(fact.a())) == host(ctx, as_const(dense.a())));
+  matrix<T, B> w(ctx, 40, 90);
+  fact.dense_weight(ctx, w.view());
+  const matd wh = host(ctx, as_const(w.view()));
+  const matd x = matd::Random(33, 90);
+  const matd g = matd::Random(33, 40);
+  auto xb = upload<T>(ctx, x);
+  auto gb = upload<T>(ctx, g);
+  matrix<T, B> y1(ctx, 33, 40), y2(ctx, 33, 40), dx1(ctx, 33, 90), dx2(ctx, 33, 90);
+  fact.forward(ctx, xb.view(), y1.view());
+  dense.forward(ctx, xb.view(), y2.view());
+  const matd bias = host(ctx, as_const(fact.bias().as_matrix()));
+  const matd want = (x * wh.transpose()).rowwise() + bias.col(0).transpose();
+  const double tol = 100 * eps<T> * want.norm();
+  EXPECT_LT((host(ctx, as_const(y1.view())) - want).norm(), tol);
+  EXPECT_LT((host(ctx, as_const(y2.view())) - want).norm(), tol);
+  fact.backward(ctx, gb.view(), dx1.view());
+  dense.backward(ctx, gb.view(), dx2.view());
+  EXPECT_LT((host(ctx, as_const(dx1.view())) - g * wh).norm(), tol);
+  EXPECT_LT((host(ctx, as_const(dx2.view())) - g * wh).norm(), tol);
+  auto p1 = fact.parameters();
+  auto p2 = dense.parameters();
+  ASSERT_EQ(p1.size(), 4u);
+  for (std::size_t i = 0; i < p1.size(); ++i) {
+    EXPECT_STREQ(p1[i].name, p2[i].name);
+    const matd a = host(ctx, as_const(p1[i].grad));
+    EXPECT_LT((a - host(ctx, as_const(p2[i].grad))).norm(), 1000 * eps<T> * (1 + a.norm()))
+        << p1[i].name;
+  }
+  EXPECT_EQ(fact.parameter_count(), 8 * (40 + 90) + fact.nnz() + 40);
+}
+
+TYPED_TEST(factors_test, seed_storage_keeps_no_indices_and_computes_the_same) {
+  using B = typename TypeParam::backend;
+  using T = typename TypeParam::scalar;
+  auto ctx = make_context<B>(2);
+  auto o = small_options(0.1);
+  sparse_plus_low_rank<T, B> kept(ctx, 30, 50, o);
+  o.storage = support_storage::seed;
+  sparse_plus_low_rank<T, B> seeded(ctx, 30, 50, o);
+  EXPECT_LT(seeded.persistent_bytes() + (30 + 1 + kept.nnz()) * sizeof(std::int32_t),
+            kept.persistent_bytes() + 1);
+  EXPECT_EQ(seeded.support_copy(ctx).flat_indices(ctx), kept.support_copy(ctx).flat_indices(ctx));
+  const auto xb = upload<T>(ctx, matd::Random(4, 50));
+  matrix<T, B> y1(ctx, 4, 30), y2(ctx, 4, 30);
+  kept.forward(ctx, xb.view(), y1.view());
+  seeded.forward(ctx, xb.view(), y2.view());
+  EXPECT_TRUE(host(ctx, as_const(y1.view())) == host(ctx, as_const(y2.view())));
+}
+
+/// SLTrain's reference computation (tools/make_sltrain_fixtures.py, a numpy
+/// transcription of andyjm3/SLTrain's splora_linear.py and sparse_linear.cpp).
+TYPED_TEST(factors_test, matches_sltrain_reference_fixture) {
+  using B = typename TypeParam::backend;
+  using T = typename TypeParam::scalar;
+  auto ctx = make_context<B>(2);
+  const auto file = io::safetensors_file::read(std::string(LOWRANK_TEST_FACTORS_FIXTURE_DIR) +
+                                               "/sltrain_small.safetensors");
+  auto get = [&](const char* name) { return file.template matrix<double>(name); };
+  const auto bytes = file.tensor_bytes("sparse_index");
+  std::vector<std::int64_t> flat(bytes.size() / 8);
+  std::memcpy(flat.data(), bytes.data(), bytes.size());  // little-endian, as this host
+  auto support = sparse_support<B>::from_flat_indices(ctx, 7, 9, flat);
+  sparse_plus_low_rank_options o;
+  o.alpha = std::stod(file.metadata().at("lora_alpha"));
+  const auto a = upload<T>(ctx, get("lora_A"));
+  const auto b = upload<T>(ctx, get("lora_B"));
+  const auto v = upload<T>(ctx, get("sparse_value"));
+  const auto bias = upload<T>(ctx, get("bias"));
+  const matd x = get("x");
+  const matd g = get("grad_output");
+  for (const factor_route route : {factor_route::factored, factor_route::dense}) {
+    o.route = route;
+    auto layer = sparse_plus_low_rank<T, B>::from_tensors(
+        ctx, a.view(), b.view(), vector_view<const T, B>(v.view().data(), v.rows()),
+        sparse_support<B>::from_flat_indices(ctx, 7, 9, flat),
+        vector_view<const T, B>(bias.view().data(), 7), o);
+    EXPECT_EQ(layer.rank(), 3);
+    EXPECT_EQ(layer.scaling(), 2.0);
+    auto xb = upload<T>(ctx, x);
+    auto gb = upload<T>(ctx, g);
+    matrix<T, B> y(ctx, 5, 7), dx(ctx, 5, 9), w(ctx, 7, 9);
+    layer.forward(ctx, xb.view(), y.view());
+    layer.backward(ctx, gb.view(), dx.view());
+    layer.dense_weight(ctx, w.view());
+    const double tol = 100 * eps<T>;
+    auto near = [&](const matd& got, const char* name) {
+      const matd want = get(name);
+      EXPECT_LT((got - want).norm(), tol * (1 + want.norm())) << name;
+    };
+    near(host(ctx, as_const(y.view())), "y");
+    near(host(ctx, as_const(dx.view())), "grad_input");
+    near(host(ctx, as_const(w.view())), "weight");
+    near(host(ctx, as_const(layer.grad_a())), "grad_lora_A");
+    near(host(ctx, as_const(layer.grad_b())), "grad_lora_B");
+    near(host(ctx, as_const(layer.grad_values().as_matrix())), "grad_sparse_value");
+    near(host(ctx, as_const(layer.grad_bias().as_matrix())), "grad_bias");
+  }
+  EXPECT_EQ(support.flat_indices(ctx), flat);
+}
+
+TYPED_TEST(factors_test, rejects_bad_input_and_leaves_the_layer_as_it_was) {
+  using B = typename TypeParam::backend;
+  using T = typename TypeParam::scalar;
+  auto ctx = make_context<B>(2);
+  auto with = [](auto f) {
+    auto o = small_options();
+    f(o);
+    return o;
+  };
+  using layer_t = sparse_plus_low_rank<T, B>;
+  for (const double d : {0.0, 1.0, -0.1, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    EXPECT_THROW(layer_t(ctx, 7, 9, with([&](auto& o) { o.density = d; })), invalid_argument) << d;
+  }
+  EXPECT_THROW(layer_t(ctx, 7, 9, with([](auto& o) { o.rank = 0; })), invalid_argument);
+  EXPECT_THROW(layer_t(ctx, 7, 9, with([](auto& o) { o.rank = 8; })), invalid_argument);
+  EXPECT_THROW(layer_t(ctx, 7, 9, with([](auto& o) { o.alpha = 0; })), invalid_argument);
+  EXPECT_THROW(layer_t(ctx, 0, 9, small_options()), invalid_argument);
+  EXPECT_THROW(layer_t(ctx, 7, 9, with([](auto& o) { o.layer = max_stream_layers; })),
+               invalid_argument);
+  try {
+    layer_t(ctx, 7, 9, with([](auto& o) { o.density = 1.5; }));
+    FAIL();
+  } catch (const invalid_argument& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("lowrank::sparse_plus_low_rank"), std::string::npos) << what;
+    EXPECT_NE(what.find("density"), std::string::npos) << what;
+    EXPECT_NE(what.find("(0, 1)"), std::string::npos) << what;
+  }
+  // Supports: nnz beyond m n, unsorted, repeated or out-of-range indices.
+  EXPECT_THROW((void)sparse_support<B>::random(ctx, 3, 4, 13, random_stream{}), invalid_argument);
+  const std::vector<std::int64_t> unsorted{3, 1}, repeated{1, 1}, outside{2, 12}, negative{-1};
+  for (const auto* f : {&unsorted, &repeated, &outside, &negative}) {
+    EXPECT_THROW((void)sparse_support<B>::from_flat_indices(ctx, 3, 4, *f), invalid_argument);
+  }
+  const std::vector<std::int32_t> offsets{0, 1, 3, 3}, cols_bad{0, 2, 2}, cols_out{0, 1, 4};
+  const std::vector<std::int32_t> good_cols{0, 1, 3};
+  EXPECT_NO_THROW((void)sparse_support<B>::from_csr(ctx, 3, 4, offsets, good_cols));
+  EXPECT_THROW((void)sparse_support<B>::from_csr(ctx, 3, 4, offsets, cols_bad), invalid_argument);
+  EXPECT_THROW((void)sparse_support<B>::from_csr(ctx, 3, 4, offsets, cols_out), invalid_argument);
+  const std::vector<std::int32_t> decreasing{0, 2, 1, 3};
+  EXPECT_THROW((void)sparse_support<B>::from_csr(ctx, 3, 4, decreasing, good_cols),
+               invalid_argument);
+  // from_tensors: wrong shapes, non-finite values.
+  auto o = small_options();
+  const auto a = upload<T>(ctx, matd::Random(3, 4));
+  const auto b = upload<T>(ctx, matd::Random(3, 3));
+  matd vh = matd::Random(3, 1);
+  auto tensors = [&](const matd& values, index_t b_rows) {
+    const auto vb = upload<T>(ctx, values);
+    const auto bb = upload<T>(ctx, matd::Random(b_rows, 3));
+    return layer_t::from_tensors(
+        ctx, a.view(), bb.view(), vector_view<const T, B>(vb.view().data(), vb.rows()),
+        sparse_support<B>::from_csr(ctx, 3, 4, offsets, good_cols), vector_view<const T, B>(), o);
+  };
+  EXPECT_NO_THROW((void)tensors(vh, 3));
+  EXPECT_THROW((void)tensors(vh, 4), invalid_argument);
+  EXPECT_THROW((void)tensors(matd::Random(4, 1), 3), invalid_argument);
+  vh(1) = std::numeric_limits<double>::infinity();
+  EXPECT_THROW((void)tensors(vh, 3), numerical_error);
+  (void)b;
+  // Forward and backward: shapes, a backward without a forward; the layer is unchanged.
+  layer_t layer(ctx, 7, 9, small_options());
+  const matd a0 = host(ctx, as_const(layer.a()));
+  matrix<T, B> x(ctx, 2, 8), y(ctx, 2, 7), g(ctx, 2, 7), dx(ctx, 2, 9);
+  EXPECT_THROW(layer.forward(ctx, x.view(), y.view()), invalid_argument);
+  EXPECT_THROW(layer.backward(ctx, g.view(), dx.view()), invalid_argument);
+  matrix<T, B> x9(ctx, 2, 9), y3(ctx, 3, 7);
+  ops<B>::fill(ctx, x9.view(), T(1));
+  EXPECT_THROW(layer.forward(ctx, x9.view(), y3.view()), invalid_argument);
+  layer.forward(ctx, x9.view(), y.view());
+  EXPECT_THROW(layer.backward(ctx, y3.view(), dx.view()), invalid_argument);
+  EXPECT_TRUE(host(ctx, as_const(layer.a())) == a0);
+  // Adapter mode: non-finite base weights.
+  matd wbad = matd::Random(7, 9);
+  wbad(2, 3) = std::numeric_limits<double>::quiet_NaN();
+  const auto wb = upload<T>(ctx, wbad);
+  EXPECT_THROW(layer_t(ctx, wb.view(), vector_view<const T, B>(), small_options()),
+               numerical_error);
+}
+
+}  // namespace
+}  // namespace lowrank::test
