@@ -40,6 +40,8 @@
 #include "lowrank/adapters/shared_a_lora.hpp"
 
 #include "lowrank/basis/dct.hpp"
+#include "lowrank/factors/channel_sparse.hpp"
+#include "lowrank/factors/compress.hpp"
 #include "lowrank/factors/sparse.hpp"
 #include "lowrank/factors/sparse_plus_low_rank.hpp"
 #include "lowrank/projection/projected_adam.hpp"

@@ -481,5 +481,248 @@ TYPED_TEST(factors_test, rejects_bad_input_and_leaves_the_layer_as_it_was) {
                numerical_error);
 }
 
+#if defined(__CUDACC__)
+// --- CUDA against the CPU --------------------------------------------------------
+// The same input on both backends: the random supports and their CSC copies
+// are the same arrays; the sparse products, the SDDMM, the scatter and the
+// gather (double) and SLTrain's layer agree to 1e-12 relative (the kernels
+// replay the CPU's order and rounding, so they should agree bit for bit; the
+// layer's GEMMs do not); the soft threshold is bit for bit. Operands are
+// blocks of larger matrices, compared whole (what lies outside a block stays
+// as it was). Skips without a GPU (fails under LOWRANK_TEST_REQUIRE_DEVICE=1).
+
+class factors_cuda_vs_cpu : public backend_test<config<cuda, double>> {};
+
+/// ||a - b|| / ||b|| (0 when both are 0; infinite for another shape).
+double relative_difference(const matd& a, const matd& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<double>::infinity();
+  const double d = (a - b).norm();
+  return d == 0 ? 0.0 : d / b.norm();
+}
+
+std::vector<std::int32_t> download_ints(context<cuda>& gpu, const std::int32_t* p, index_t n) {
+  std::vector<std::int32_t> out(static_cast<std::size_t>(n));
+  ops<cuda>::download_int32(gpu, vector_view<const std::int32_t, cuda>(p, n),
+                            vector_view<std::int32_t, cpu>(out.data(), n));
+  return out;
+}
+
+/// A rows x cols block at (1, 2) of a random (rows + 3) x (cols + 2) matrix
+/// (or one of NaN), the same on the CPU and the GPU.
+struct twin {
+  index_t rows;
+  index_t cols;
+  matrix<double, cpu> h;
+  matrix<double, cuda> d;
+
+  twin(context<cpu>& c, context<cuda>& g, index_t r, index_t k, bool nan = false)
+      : rows(r), cols(k), h(c, r + 3, k + 2), d(g, r + 3, k + 2) {
+    matd whole = matd::Random(r + 3, k + 2);
+    if (nan) whole.setConstant(std::numeric_limits<double>::quiet_NaN());
+    set(c, h.view(), whole);
+    set(g, d.view(), whole);
+  }
+  matrix_view<double, cpu> on_cpu() { return h.view().block(1, 2, rows, cols); }
+  matrix_view<double, cuda> on_gpu() { return d.view().block(1, 2, rows, cols); }
+  /// Both whole matrices, the GPU's downloaded.
+  [[nodiscard]] std::pair<matd, matd> whole(context<cuda>& g) const {
+    return {host(g, as_const(d.view())), matd(h)};
+  }
+};
+
+TEST_F(factors_cuda_vs_cpu, random_supports_and_their_columns_are_the_cpus) {
+  context<cpu> c(2);
+  context<cuda> g;
+  const random_stream st = factor_stream(5, 1, factor_stream_kind::support);
+  for (const auto& [m, n, nnz] : std::vector<std::array<index_t, 3>>{{1, 1, 1},
+                                                                     {1, 1, 0},
+                                                                     {3, 5, 0},
+                                                                     {7, 9, 12},
+                                                                     {7, 9, 63},
+                                                                     {13, 11, 143},
+                                                                     {300, 257, 2313},
+                                                                     {1000, 3, 1500},
+                                                                     {2, 3000, 17},
+                                                                     {64, 4096, 7864},
+                                                                     {64, 4096, 64 * 4096}}) {
+    const std::string shape =
+        std::to_string(m) + " x " + std::to_string(n) + ", nnz " + std::to_string(nnz);
+    const auto sc = sparse_support<cpu>::random(c, m, n, nnz, st);
+    const auto sg = sparse_support<cuda>::random(g, m, n, nnz, st);
+    EXPECT_EQ(sg.flat_indices(g), sc.flat_indices(c)) << shape;
+    EXPECT_EQ(sg.row_offsets(g), sc.row_offsets(c)) << shape;
+    EXPECT_EQ(sg.col_indices(g), sc.col_indices(c)) << shape;
+    // The CSC copy: the CPU's support_columns (which the CPU does not keep).
+    std::vector<std::int32_t> offsets(static_cast<std::size_t>(n) + 1),
+        rows(static_cast<std::size_t>(nnz)), slots(static_cast<std::size_t>(nnz));
+    ops<cpu>::support_columns(c, sc.view(), vector_view<std::int32_t, cpu>(offsets.data(), n + 1),
+                              vector_view<std::int32_t, cpu>(rows.data(), nnz),
+                              vector_view<std::int32_t, cpu>(slots.data(), nnz));
+    const support_view<cuda> v = sg.view();
+    ASSERT_NE(v.col_offsets, nullptr) << shape;
+    EXPECT_EQ(download_ints(g, v.col_offsets, n + 1), offsets) << shape;
+    EXPECT_EQ(download_ints(g, v.row_indices, nnz), rows) << shape;
+    EXPECT_EQ(download_ints(g, v.positions, nnz), slots) << shape;
+  }
+  // A support from CSR arrays (empty rows and columns): the same CSC.
+  const std::vector<std::int32_t> offsets{0, 2, 2, 5, 5, 6}, cols{1, 4, 0, 1, 4, 2};
+  const auto sc = sparse_support<cpu>::from_csr(c, 5, 6, offsets, cols);
+  const auto sg = sparse_support<cuda>::from_csr(g, 5, 6, offsets, cols);
+  std::vector<std::int32_t> col_offsets(7), rows(6), slots(6);
+  ops<cpu>::support_columns(c, sc.view(), vector_view<std::int32_t, cpu>(col_offsets.data(), 7),
+                            vector_view<std::int32_t, cpu>(rows.data(), 6),
+                            vector_view<std::int32_t, cpu>(slots.data(), 6));
+  EXPECT_EQ(col_offsets, (std::vector<std::int32_t>{0, 1, 3, 4, 4, 6, 6}));
+  EXPECT_EQ(download_ints(g, sg.view().col_offsets, 7), col_offsets);
+  EXPECT_EQ(download_ints(g, sg.view().row_indices, 6), rows);
+  EXPECT_EQ(download_ints(g, sg.view().positions, 6), slots);
+}
+
+TEST_F(factors_cuda_vs_cpu, sparse_operations_are_the_cpus) {
+  context<cpu> c(2);
+  context<cuda> g;
+  const double tol = 1e-12;
+  for (const auto& [m, n, nnz] : std::vector<std::array<index_t, 3>>{
+           {90, 70, 900}, {37, 53, 400}, {50, 40, 30}, {1, 1, 1}, {20, 30, 600}}) {
+    const auto sc = sparse_support<cpu>::random(c, m, n, nnz, random_stream{3, 4});
+    const auto sg = sparse_support<cuda>::random(g, m, n, nnz, random_stream{3, 4});
+    const vecd values = vecd::Random(nnz);
+    const vector<double, cpu> vc = vecd(values);
+    const vector<double, cuda> vg(g, values);
+    for (const index_t rows : {index_t(1), index_t(5), index_t(63), index_t(64), index_t(65),
+                               index_t(257), index_t(600)}) {
+      const std::string what = std::to_string(m) + " x " + std::to_string(n) + ", nnz " +
+                               std::to_string(nnz) + ", N " + std::to_string(rows);
+      // Y += alpha X S^T.
+      twin x(c, g, rows, n), y(c, g, rows, m);
+      ops<cpu>::sparse_times(c, transpose::no, 0.5, sc.view(), vc.view(), as_const(x.on_cpu()),
+                             y.on_cpu());
+      ops<cuda>::sparse_times(g, transpose::no, 0.5, sg.view(), vg.view(), as_const(x.on_gpu()),
+                              y.on_gpu());
+      auto [yg, yc] = y.whole(g);
+      EXPECT_LT(relative_difference(yg, yc), tol) << "X S^T, " << what;
+      // DX += alpha G S.
+      twin gr(c, g, rows, m), dx(c, g, rows, n);
+      ops<cpu>::sparse_times(c, transpose::yes, -2.0, sc.view(), vc.view(), as_const(gr.on_cpu()),
+                             dx.on_cpu());
+      ops<cuda>::sparse_times(g, transpose::yes, -2.0, sg.view(), vg.view(), as_const(gr.on_gpu()),
+                              dx.on_gpu());
+      auto [dxg, dxc] = dx.whole(g);
+      EXPECT_LT(relative_difference(dxg, dxc), tol) << "G S, " << what;
+      // The SDDMM, with beta = -1 and with beta = 0 over NaN.
+      for (const double beta : {-1.0, 0.0}) {
+        twin out(c, g, nnz, 1, beta == 0);
+        const auto oc = out.on_cpu();
+        const auto og = out.on_gpu();
+        ops<cpu>::sampled_product(c, 3.0, as_const(gr.on_cpu()), as_const(x.on_cpu()), sc.view(),
+                                  beta, vector_view<double, cpu>(oc.data(), nnz));
+        ops<cuda>::sampled_product(g, 3.0, as_const(gr.on_gpu()), as_const(x.on_gpu()), sg.view(),
+                                   beta, vector_view<double, cuda>(og.data(), nnz));
+        const matd got = host(g, as_const(og));
+        const matd want = matd(out.h).block(1, 2, nnz, 1);
+        EXPECT_TRUE(want.allFinite()) << what;
+        EXPECT_LT(relative_difference(got, want), tol) << "SDDMM, beta " << beta << ", " << what;
+      }
+    }
+    // W += alpha S, then v = alpha W(support) + beta v (beta 0.5, and 0 over NaN).
+    twin w(c, g, m, n);
+    ops<cpu>::sparse_to_dense(c, 2.0, sc.view(), vc.view(), w.on_cpu());
+    ops<cuda>::sparse_to_dense(g, 2.0, sg.view(), vg.view(), w.on_gpu());
+    auto [wg, wc] = w.whole(g);
+    EXPECT_LT(relative_difference(wg, wc), tol) << "sparse_to_dense";
+    for (const double beta : {0.5, 0.0}) {
+      twin out(c, g, nnz, 1, beta == 0);
+      const auto oc = out.on_cpu();
+      const auto og = out.on_gpu();
+      ops<cpu>::dense_to_sparse(c, -1.5, sc.view(), as_const(w.on_cpu()), beta,
+                                vector_view<double, cpu>(oc.data(), nnz));
+      ops<cuda>::dense_to_sparse(g, -1.5, sg.view(), as_const(w.on_gpu()), beta,
+                                 vector_view<double, cuda>(og.data(), nnz));
+      auto [got, want] = out.whole(g);
+      EXPECT_TRUE(want.block(1, 2, nnz, 1).allFinite());
+      EXPECT_LT(relative_difference(got.block(1, 2, nnz, 1), want.block(1, 2, nnz, 1)), tol)
+          << "dense_to_sparse, beta " << beta;
+    }
+  }
+  // The soft threshold, out of place and in place: bit for bit (NaN to 0,
+  // the sign of -0 kept).
+  twin x(c, g, 70, 9), y(c, g, 70, 9);
+  matd xh = matd::Random(73, 11);
+  xh(3, 4) = std::numeric_limits<double>::quiet_NaN();
+  xh(5, 6) = -0.0;
+  xh(6, 6) = -std::numeric_limits<double>::infinity();
+  set(c, x.h.view(), xh);
+  set(g, x.d.view(), xh);
+  ops<cpu>::soft_threshold(c, 0.25, as_const(x.on_cpu()), y.on_cpu());
+  ops<cuda>::soft_threshold(g, 0.25, as_const(x.on_gpu()), y.on_gpu());
+  ops<cpu>::soft_threshold(c, 0.5, as_const(x.on_cpu()), x.on_cpu());
+  ops<cuda>::soft_threshold(g, 0.5, as_const(x.on_gpu()), x.on_gpu());
+  for (twin* t : {&x, &y}) {
+    const auto [got, want] = t->whole(g);
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), sizeof(double) * std::size_t(got.size())), 0);
+  }
+}
+
+TEST_F(factors_cuda_vs_cpu, layer_forward_and_backward_are_the_cpus) {
+  context<cpu> c(2);
+  context<cuda> g;
+  for (const factor_route route : {factor_route::factored, factor_route::dense}) {
+    for (const support_storage storage : {support_storage::indices, support_storage::seed}) {
+      auto o = small_options(0.05);
+      o.rank = 8;
+      o.alpha = 16;
+      o.route = route;
+      o.storage = storage;
+      sparse_plus_low_rank<double, cpu> lc(c, 40, 90, o);
+      sparse_plus_low_rank<double, cuda> lg(g, 40, 90, o);
+      ASSERT_EQ(lg.nnz(), lc.nnz());
+      // The same Philox streams: the same initial A, values and bias.
+      EXPECT_TRUE(host(g, as_const(lg.a())) == host(c, as_const(lc.a())));
+      EXPECT_TRUE(host(g, as_const(lg.values().as_matrix())) ==
+                  host(c, as_const(lc.values().as_matrix())));
+      const matd bh = matd::Random(40, 8);
+      set(c, lc.b(), bh);
+      set(g, lg.b(), bh);
+      const matd x = matd::Random(70, 90);
+      const matd gy = matd::Random(70, 40);
+      const auto xc = upload<double>(c, x);
+      const auto xg = upload<double>(g, x);
+      const auto gc = upload<double>(c, gy);
+      const auto gg = upload<double>(g, gy);
+      matrix<double, cpu> yc(c, 70, 40), dxc(c, 70, 90), wc(c, 40, 90);
+      matrix<double, cuda> yg(g, 70, 40), dxg(g, 70, 90), wg(g, 40, 90);
+      for (int step = 0; step < 2; ++step) {  // gradients accumulate
+        lc.forward(c, xc.view(), yc.view());
+        lg.forward(g, xg.view(), yg.view());
+        lc.backward(c, gc.view(), dxc.view());
+        lg.backward(g, gg.view(), dxg.view());
+      }
+      const std::string what = std::string(route == factor_route::dense ? "dense" : "factored") +
+                               (storage == support_storage::seed ? ", seed" : ", indices");
+      const double tol = 1e-12;
+      EXPECT_LT(relative_difference(host(g, as_const(yg.view())), host(c, as_const(yc.view()))),
+                tol)
+          << "y, " << what;
+      EXPECT_LT(relative_difference(host(g, as_const(dxg.view())), host(c, as_const(dxc.view()))),
+                tol)
+          << "dx, " << what;
+      auto pc = lc.parameters();
+      auto pg = lg.parameters();
+      ASSERT_EQ(pg.size(), pc.size());
+      for (std::size_t i = 0; i < pc.size(); ++i) {
+        EXPECT_LT(relative_difference(host(g, as_const(pg[i].grad)), host(c, as_const(pc[i].grad))),
+                  tol)
+            << pc[i].name << ", " << what;
+      }
+      lc.dense_weight(c, wc.view());
+      lg.dense_weight(g, wg.view());
+      EXPECT_LT(relative_difference(host(g, as_const(wg.view())), host(c, as_const(wc.view()))),
+                tol)
+          << "dense_weight, " << what;
+    }
+  }
+}
+#endif  // defined(__CUDACC__)
+
 }  // namespace
 }  // namespace lowrank::test

@@ -29,8 +29,10 @@
 ///
 /// **Routes.** `factored` computes as the formulas above: per step 6 N r (in
 /// + out) GEMM flops and 6 N nnz sparse flops (two products with S and the
-/// SDDMM), per-step temporaries H and GB (N x r each) and, with
-/// `support_storage::seed`, the support (O(nnz)). `dense` is the reference's
+/// SDDMM), per-step temporaries H and GB (N x r each), the CPU sparse
+/// products' scratch from the context (a packed copy of one N x in or N x out
+/// operand, nnz sums) and, with `support_storage::seed`, the support (O(nnz)):
+/// O(N (in + out) + nnz) in all. `dense` is the reference's
 /// algorithm: it forms W (out x in) in the forward, keeps it for the
 /// backward (the reference forms it twice), and forms dW = G^T X: 6 N out in
 /// + 6 r out in flops and an out x in temporary. `automatic` (the default)

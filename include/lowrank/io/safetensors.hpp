@@ -70,6 +70,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -202,6 +203,47 @@ class safetensors_file {
     const tensor_info& info = find(name, "lowrank::io::safetensors_file::tensor_bytes");
     return std::span<const std::byte>(bytes_).subspan(data_offset_ + info.begin,
                                                       info.end - info.begin);
+  }
+
+  /// The tensor `name` as integers, row-major (any shape; a scalar gives one value): for
+  /// index buffers such as SLTrain's `sparse_index`. Dtypes I8, I16, I32, I64, U8, U16, U32
+  /// and U64 (a U64 value above 2^63 - 1 is an error).
+  ///
+  /// @throws lowrank::invalid_argument (function `lowrank::io::safetensors_file::integers`,
+  ///   argument `name`) when the file has no tensor of that name, its dtype is not one of
+  ///   those, or a U64 value does not fit in std::int64_t.
+  [[nodiscard]] std::vector<std::int64_t> integers(std::string_view name) const {
+    constexpr std::string_view function = "lowrank::io::safetensors_file::integers";
+    const tensor_info& info = find(name, function);
+    const std::string value = detail::safetensors_quote(name) + ", a tensor of dtype '" +
+                              info.dtype_name + "' and shape " +
+                              detail::safetensors_shape_string(info.shape) + " in " + origin_;
+    const std::string& d = info.dtype_name;
+    const bool is_signed = d == "I8" || d == "I16" || d == "I32" || d == "I64";
+    const bool is_unsigned = d == "U8" || d == "U16" || d == "U32" || d == "U64";
+    if (!is_signed && !is_unsigned) {
+      lowrank::detail::throw_invalid_argument(
+          function, "name", value,
+          "a tensor of dtype 'I8', 'I16', 'I32', 'I64', 'U8', 'U16', 'U32' or 'U64'");
+    }
+    const std::size_t bytes = d.size() == 2 ? 1 : (d[1] == '1' ? 2 : d[1] == '3' ? 4 : 8);
+    const std::span<const std::byte> raw = tensor_bytes(name);
+    std::vector<std::int64_t> out(raw.size() / bytes);
+    for (std::size_t k = 0; k < out.size(); ++k) {
+      std::uint64_t w = 0;
+      for (std::size_t b = 0; b < bytes; ++b) {
+        w |= std::uint64_t(std::to_integer<unsigned>(raw[k * bytes + b])) << (8 * b);
+      }
+      if (is_signed && bytes < 8 && (w >> (8 * bytes - 1)) != 0) {
+        w |= ~std::uint64_t{0} << (8 * bytes);  // sign extension
+      }
+      if (!is_signed && w > std::uint64_t(std::numeric_limits<std::int64_t>::max())) {
+        lowrank::detail::throw_invalid_argument(function, "name", value,
+                                                "U64 values below 2^63 (std::int64_t)");
+      }
+      out[k] = static_cast<std::int64_t>(w);
+    }
+    return out;
   }
 
   /// The tensor `name` as a matrix: a 2-D tensor of shape [r, c] (row-major, PyTorch's
@@ -378,18 +420,28 @@ struct tensor_to_write {
   bool vector_shape = false;
 };
 
+/// One integer tensor to write (an index buffer such as SLTrain's `sparse_index`): its
+/// name, its values, stored as I32 (`int32`, every value must fit) or I64, shape [n].
+struct integer_tensor_to_write {
+  std::string name;
+  std::vector<std::int64_t> values;
+  bool int32 = false;
+};
+
 namespace detail {
 
 /// The header of a safetensors file of `tensors` and `metadata`, and the order in which
-/// their data follows it (see write_safetensors).
+/// their data follows it (see write_safetensors): indices below tensors.size() name a
+/// float tensor, the others `integers[k - tensors.size()]`.
 struct safetensors_layout {
   std::string header;
   std::vector<std::size_t> order;
 };
 
 /// Checks the tensors and metadata of write_safetensors and lays out the file.
-inline safetensors_layout safetensors_plan(const std::vector<tensor_to_write>& tensors,
-                                           const std::map<std::string, std::string>& metadata) {
+inline safetensors_layout safetensors_plan(
+    const std::vector<tensor_to_write>& tensors, const std::map<std::string, std::string>& metadata,
+    const std::vector<integer_tensor_to_write>& integers = {}) {
   constexpr std::string_view function = "lowrank::io::write_safetensors";
   const std::string list = "a list of " + std::to_string(tensors.size()) + " tensors";
   std::set<std::string_view> names;
@@ -418,11 +470,30 @@ inline safetensors_layout safetensors_plan(const std::vector<tensor_to_write>& t
     }
   }
 
-  std::vector<std::size_t> order(tensors.size());
+  for (const integer_tensor_to_write& t : integers) {
+    const std::string tensor = list + " and the integer tensor " + safetensors_quote(t.name);
+    if (t.name == safetensors_metadata_key || !names.insert(t.name).second) {
+      lowrank::detail::throw_invalid_argument(function, "integers", tensor,
+                                              "a distinct name other than '__metadata__'");
+    }
+    if (t.int32) {
+      for (const std::int64_t v : t.values) {
+        if (!std::in_range<std::int32_t>(v)) {
+          lowrank::detail::throw_invalid_argument(function, "integers",
+                                                  tensor + " holding " + std::to_string(v),
+                                                  "values in the range of I32");
+        }
+      }
+    }
+  }
+  const auto itemsize = [&](std::size_t k) -> std::size_t {
+    if (k < tensors.size()) return safetensors_itemsize(tensors[k].type);
+    return integers[k - tensors.size()].int32 ? 4 : 8;
+  };
+  std::vector<std::size_t> order(tensors.size() + integers.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return safetensors_itemsize(tensors[a].type) > safetensors_itemsize(tensors[b].type);
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return itemsize(a) > itemsize(b); });
 
   std::string header = "{";
   if (!metadata.empty()) {
@@ -439,6 +510,18 @@ inline safetensors_layout safetensors_plan(const std::vector<tensor_to_write>& t
   }
   std::size_t offset = 0;
   for (const std::size_t k : order) {
+    if (k >= tensors.size()) {
+      const integer_tensor_to_write& t = integers[k - tensors.size()];
+      const std::size_t bytes = t.values.size() * itemsize(k);
+      if (header.size() > 1) header += ',';
+      header +=
+          safetensors_json_string(t.name, function, "integers", list + " with the tensor name");
+      header += std::string(":{\"dtype\":\"") + (t.int32 ? "I32" : "I64") + "\",\"shape\":[" +
+                std::to_string(t.values.size()) + "],\"data_offsets\":[" + std::to_string(offset) +
+                "," + std::to_string(offset + bytes) + "]}";
+      offset += bytes;
+      continue;
+    }
     const tensor_to_write& t = tensors[k];
     const std::size_t bytes =
         static_cast<std::size_t>(t.values.size()) * safetensors_itemsize(t.type);
@@ -467,7 +550,8 @@ inline safetensors_layout safetensors_plan(const std::vector<tensor_to_write>& t
 /// Writes the file laid out by safetensors_plan to `out` (with write(const char*, size)).
 template <class Out>
 void safetensors_emit(Out& out, const safetensors_layout& layout,
-                      const std::vector<tensor_to_write>& tensors) {
+                      const std::vector<tensor_to_write>& tensors,
+                      const std::vector<integer_tensor_to_write>& integers = {}) {
   const std::string& header = layout.header;
   const std::vector<std::size_t>& order = layout.order;
   std::vector<char> chunk;
@@ -478,6 +562,21 @@ void safetensors_emit(Out& out, const safetensors_layout& layout,
   out.write(header.data(), header.size());
   chunk.clear();
   for (const std::size_t k : order) {
+    if (k >= tensors.size()) {
+      const integer_tensor_to_write& t = integers[k - tensors.size()];
+      for (const std::int64_t v : t.values) {
+        if (t.int32) {
+          safetensors_append_le<4>(chunk, static_cast<std::uint32_t>(v));
+        } else {
+          safetensors_append_le<8>(chunk, static_cast<std::uint64_t>(v));
+        }
+        if (chunk.size() >= chunk_size) {
+          out.write(chunk.data(), chunk.size());
+          chunk.clear();
+        }
+      }
+      continue;
+    }
     const tensor_to_write& t = tensors[k];
     // Row-major: element (i, j) at i * cols + j.
     for (Eigen::Index i = 0; i < t.values.rows(); ++i) {
@@ -517,7 +616,8 @@ void safetensors_emit(Out& out, const safetensors_layout& layout,
 /// size, and listed in the header in that order: like the reference writer's order (which
 /// also sorts by name), this aligns every tensor's data to its element size in the file.
 /// Values are converted from double with one rounding to nearest even (F32, F16, BF16) and
-/// written little-endian.
+/// written little-endian. `integers` (index buffers, shape [n], I32 or I64) take their
+/// place in that order by their element size.
 ///
 /// The file is written to a temporary in the same directory and renamed over `file` (the
 /// rules: see the file comment), so a failure leaves an existing `file` untouched and no
@@ -527,19 +627,22 @@ void safetensors_emit(Out& out, const safetensors_layout& layout,
 ///   - argument `tensors`: two tensors with one name, a tensor named `__metadata__`, a name
 ///     that is not UTF-8, a dtype that is not one of the enumerators, `vector_shape` with
 ///     more than one column, or a header over 100000000 bytes;
+///   - argument `integers`: a name used twice (here or among `tensors`) or `__metadata__`,
+///     or an I32 tensor holding a value out of I32's range;
 ///   - argument `metadata`: a key or value that is not UTF-8;
 ///   - argument `file`: no file name, a directory or another special file, more than 40
 ///     symbolic links, a missing or unwritable directory, or a failed write, sync or rename.
 inline void write_safetensors(const std::filesystem::path& file,
                               const std::vector<tensor_to_write>& tensors,
-                              const std::map<std::string, std::string>& metadata = {}) {
+                              const std::map<std::string, std::string>& metadata = {},
+                              const std::vector<integer_tensor_to_write>& integers = {}) {
   const detail::error_source source{"lowrank::io::write_safetensors", "file",
                                     detail::quote_path(file)};
   if (!file.has_filename())
     detail::fail_with(source, ", which has no file name", "a path to a file");
-  const detail::safetensors_layout layout = detail::safetensors_plan(tensors, metadata);
+  const detail::safetensors_layout layout = detail::safetensors_plan(tensors, metadata, integers);
   detail::temporary_file out(file, source);
-  detail::safetensors_emit(out, layout, tensors);
+  detail::safetensors_emit(out, layout, tensors, integers);
   out.commit();
 }
 
