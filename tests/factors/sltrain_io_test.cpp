@@ -12,6 +12,7 @@
 
 #include "lowrank/io/sltrain.hpp"
 #include "support/backends.hpp"
+#include "support/factors.hpp"
 
 namespace lowrank::test {
 namespace {
@@ -26,13 +27,6 @@ std::filesystem::path scratch(const std::string& name) {
   const auto dir = std::filesystem::temp_directory_path() / "lowrank_sltrain_io_test";
   std::filesystem::create_directories(dir);
   return dir / name;
-}
-
-template <class T, class Backend>
-matd host(context<Backend>& ctx, matrix_view<const T, Backend> x) {
-  host_matrix<T> out(x.rows(), x.cols());
-  ops<Backend>::download(ctx, x, view(out));
-  return out.template cast<double>();
 }
 
 TYPED_TEST(sltrain_io_test, round_trips_with_indices_and_with_a_seed) {

@@ -19,6 +19,7 @@
 #include "lowrank/factors/sparse_plus_low_rank.hpp"
 #include "lowrank/io/safetensors.hpp"
 #include "support/backends.hpp"
+#include "support/factors.hpp"
 
 namespace lowrank::test {
 namespace {
@@ -29,25 +30,6 @@ using vecd = Eigen::VectorXd;
 template <class Config>
 class factors_test : public backend_test<Config> {};
 TYPED_TEST_SUITE(factors_test, test_configs, config_names);
-
-template <class T, class Backend>
-matd host(context<Backend>& ctx, matrix_view<const T, Backend> x) {
-  host_matrix<T> out(x.rows(), x.cols());
-  ops<Backend>::download(ctx, x, view(out));
-  return out.template cast<double>();
-}
-
-template <class T, class Backend>
-matrix<T, Backend> upload(context<Backend>& ctx, const matd& x) {
-  const host_matrix<T> h = x.cast<T>();
-  return to_backend<Backend, T>(ctx, h);
-}
-
-template <class T, class Backend>
-void set(context<Backend>& ctx, matrix_view<T, Backend> dst, const matd& x) {
-  const host_matrix<T> h = x.cast<T>();
-  ops<Backend>::upload(ctx, view(h), dst);
-}
 
 /// The dense m x n matrix of a support and its values.
 template <class Backend>
@@ -206,57 +188,6 @@ TYPED_TEST(factors_test, sparse_products_do_not_depend_on_threads) {
   const auto one = run(1);
   const auto two = run(2);
   for (std::size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(one[i] == two[i]) << i;
-}
-
-/// L = sum(Y (.) G) and its gradients by the layer; then central differences
-/// of L for every parameter entry and for X (double only: L is linear in each
-/// entry, so the differences are exact up to rounding).
-template <class B>
-void check_gradients(context<B>& ctx, sparse_plus_low_rank<double, B>& layer, index_t n) {
-  const index_t in = layer.in_features(), out = layer.out_features();
-  // Non-zero B, so that every gradient is informative.
-  set(ctx, layer.b(), matd::Random(out, layer.rank()));
-  const matd x = matd::Random(n, in);
-  const matd g = matd::Random(n, out);
-  auto xb = upload<double>(ctx, x);
-  auto gb = upload<double>(ctx, g);
-  matrix<double, B> y(ctx, n, out), dx(ctx, n, in);
-  auto loss = [&]() {
-    layer.forward(ctx, xb.view(), y.view());
-    return host(ctx, as_const(y.view())).cwiseProduct(g).sum();
-  };
-  layer.zero_grad(ctx);
-  (void)loss();
-  layer.backward(ctx, gb.view(), dx.view());
-  const double h = 1e-6;
-  for (auto& p : layer.parameters()) {
-    const matd value = host(ctx, as_const(p.value));
-    const matd grad = host(ctx, as_const(p.grad));
-    matd fd(value.rows(), value.cols());
-    for (index_t k = 0; k < value.size(); ++k) {
-      matd plus = value, minus = value;
-      plus.data()[k] += h;
-      minus.data()[k] -= h;
-      set(ctx, p.value, plus);
-      const double lp = loss();
-      set(ctx, p.value, minus);
-      fd.data()[k] = (lp - loss()) / (2 * h);
-    }
-    set(ctx, p.value, value);
-    EXPECT_LT((fd - grad).norm(), 1e-7 * (1 + grad.norm())) << p.name;
-  }
-  matd fdx(n, in);
-  for (index_t k = 0; k < x.size(); ++k) {
-    matd plus = x, minus = x;
-    plus.data()[k] += h;
-    minus.data()[k] -= h;
-    set(ctx, xb.view(), plus);
-    const double lp = loss();
-    set(ctx, xb.view(), minus);
-    fdx.data()[k] = (lp - loss()) / (2 * h);
-  }
-  const matd dxh = host(ctx, as_const(dx.view()));
-  EXPECT_LT((fdx - dxh).norm(), 1e-7 * (1 + dxh.norm())) << "x";
 }
 
 TYPED_TEST(factors_test, gradients_match_finite_differences) {
