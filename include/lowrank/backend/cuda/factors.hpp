@@ -55,8 +55,8 @@
 namespace lowrank::detail {
 
 /// A sparse flop's cost in GEMM flops on CUDA: a guess, not measured (no GPU
-/// was at hand when the CUDA part was written); measure it with
-/// bench/factors_bench.cpp on a GPU and replace it.
+/// was at hand when the CUDA part was written); measure it on a GPU (the
+/// ratios bench/factors_bench.cpp reports on the CPU) and replace it.
 template <>
 inline constexpr double sparse_flop_cost<cuda> = 8.0;
 
