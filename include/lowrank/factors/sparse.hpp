@@ -226,6 +226,14 @@ class sparse_support {
                        row_indices_.size() + positions_.size());
   }
 
+  /// Checks that a support of nnz entries of an m x n matrix is within the
+  /// limits (the checks random() makes), without drawing it.
+  /// @throws lowrank::invalid_argument as random().
+  static void check_limits(const char* fn, index_t rows, index_t cols, index_t nnz) {
+    check_shape(fn, rows, cols);
+    check_nnz(fn, rows, cols, nnz);
+  }
+
  private:
   sparse_support(context<Backend>& ctx, index_t rows, index_t cols, index_t nnz)
       : rows_(rows), cols_(cols), nnz_(nnz), row_offsets_(ctx, rows + 1), col_indices_(ctx, nnz) {}

@@ -417,7 +417,7 @@ class sparse_plus_low_rank {
     if (nnz) options_.density = double(*nnz) / (double(out) * double(in));
     if (!nnz && options.storage == support_storage::indices) support_ = draw_support(ctx);
     if (!nnz && options.storage == support_storage::seed) {
-      (void)draw_support(ctx);  // checks the limits once, here
+      sparse_support<Backend>::check_limits(fn, out, in, nnz_);  // drawn at each forward
     }
     a_ = matrix<T, Backend>(ctx, rank(), in);
     b_ = matrix<T, Backend>(ctx, out, rank());
