@@ -40,6 +40,8 @@
 #include "lowrank/adapters/shared_a_lora.hpp"
 
 #include "lowrank/basis/dct.hpp"
+#include "lowrank/checkpoint/compress.hpp"
+#include "lowrank/checkpoint/spectrum.hpp"
 #include "lowrank/factors/channel_sparse.hpp"
 #include "lowrank/factors/compress.hpp"
 #include "lowrank/factors/sparse.hpp"

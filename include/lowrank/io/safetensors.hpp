@@ -72,6 +72,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
@@ -139,11 +140,13 @@ inline std::string safetensors_json_string(const std::string& text, std::string_
 
 }  // namespace detail
 
-/// An in-memory, validated safetensors file (format and rules: see the file comment).
+/// A validated safetensors file (format and rules: see the file comment), held in memory
+/// (parse, read) or mapped (map).
 ///
-/// Memory: the whole file, plus the tensor table. Parsing is O(file size) for the header
-/// and O(tensors log tensors) for the offsets; the data is not touched until a tensor is
-/// converted.
+/// Memory: the whole file, plus the tensor table, for parse() and read(); for map(), the
+/// tensor table, and of the file only the pages being converted (see map()). Parsing is
+/// O(header size) for the header and O(tensors log tensors) for the offsets; the data is not
+/// touched until a tensor is converted.
 class safetensors_file {
  public:
   /// Takes ownership of a whole file's bytes and validates its header and offsets.
@@ -159,8 +162,11 @@ class safetensors_file {
   ///   the file.
   [[nodiscard]] static safetensors_file parse(std::vector<std::byte> bytes) {
     const std::string subject = detail::buffer_subject(bytes.size());
-    return from_bytes(std::move(bytes), {"lowrank::io::safetensors_file::parse", "bytes", subject},
-                      subject);
+    safetensors_file file;
+    file.owned_ = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+    file.validate({file.owned_->data(), file.owned_->size()},
+                  {"lowrank::io::safetensors_file::parse", "bytes", subject}, subject);
+    return file;
   }
 
   /// Reads a whole file, then parses it as parse() does. Memory: the file size.
@@ -175,7 +181,52 @@ class safetensors_file {
     const detail::error_source source{"lowrank::io::safetensors_file::read", "file",
                                       detail::quote_path(file)};
     constexpr std::string_view readable = "an existing, readable .safetensors file";
-    return from_bytes(detail::read_file(file, source, readable, readable), source, source.subject);
+    safetensors_file out;
+    out.owned_ = std::make_shared<const std::vector<std::byte>>(
+        detail::read_file(file, source, readable, readable));
+    out.validate({out.owned_->data(), out.owned_->size()}, source, source.subject);
+    return out;
+  }
+
+  /// Maps a file read-only (mmap) and validates it as read() does, reading only its first
+  /// 8 bytes and its header: for checkpoints larger than memory. matrix() and integers()
+  /// convert one tensor from the mapped pages and then hand those pages back to the system
+  /// (madvise), so converting every tensor of a file in turn keeps the resident memory at
+  /// about one converted tensor plus one tensor's pages, whatever the file's size.
+  /// tensor_bytes() points into the mapping (valid while this object or a copy lives).
+  ///
+  /// The file must not be truncated or rewritten in place while mapped (reading a page past
+  /// a new end faults, as for every memory-mapped reader); lowrank's own writers replace a
+  /// file by renaming a new one over it, which a mapping does not see.
+  ///
+  /// @throws lowrank::invalid_argument as read() does (function
+  ///   `lowrank::io::safetensors_file::map`, argument `file`), and when the file cannot be
+  ///   mapped.
+  [[nodiscard]] static safetensors_file map(const std::filesystem::path& file) {
+    const detail::error_source source{"lowrank::io::safetensors_file::map", "file",
+                                      detail::quote_path(file)};
+    constexpr std::string_view readable = "an existing, readable .safetensors file";
+    safetensors_file out;
+    out.mapped_ = std::make_shared<const detail::mapped_file>(file, source, readable, readable);
+    out.validate({out.mapped_->data(), out.mapped_->size()}, source, source.subject);
+    return out;
+  }
+
+  /// Whether the file is mapped (map()) rather than held in memory.
+  [[nodiscard]] bool is_mapped() const noexcept { return mapped_ != nullptr; }
+
+  /// The file's size in bytes.
+  [[nodiscard]] std::size_t file_size() const noexcept { return storage().size(); }
+
+  /// Where the file came from, for messages: the quoted path, or "a buffer of N bytes".
+  [[nodiscard]] const std::string& origin() const noexcept { return origin_; }
+
+  /// For a mapped file, hands the pages of tensor `name` back to the system (see map());
+  /// nothing for a file in memory. matrix() and integers() do it themselves; this is for a
+  /// caller that copied tensor_bytes() (a writer that passes a tensor through unchanged).
+  void release(std::string_view name) const {
+    const tensor_info& info = find(name, "lowrank::io::safetensors_file::release");
+    if (mapped_) mapped_->release(data_offset_ + info.begin, data_offset_ + info.end);
   }
 
   /// Every tensor of the file, by name.
@@ -194,15 +245,14 @@ class safetensors_file {
 
   /// The raw bytes of a tensor, as stored: little-endian, row-major, end - begin bytes.
   /// Any dtype. The span points into this object's buffer: valid while the object lives
-  /// (a move keeps the buffer; a copy has its own).
+  /// (a copy shares the buffer, which is never written).
   ///
   /// @throws lowrank::invalid_argument (function
   ///   `lowrank::io::safetensors_file::tensor_bytes`, argument `name`) when the file has no
   ///   tensor of that name.
   [[nodiscard]] std::span<const std::byte> tensor_bytes(std::string_view name) const {
     const tensor_info& info = find(name, "lowrank::io::safetensors_file::tensor_bytes");
-    return std::span<const std::byte>(bytes_).subspan(data_offset_ + info.begin,
-                                                      info.end - info.begin);
+    return storage().subspan(data_offset_ + info.begin, info.end - info.begin);
   }
 
   /// The tensor `name` as integers, row-major (any shape; a scalar gives one value): for
@@ -243,6 +293,7 @@ class safetensors_file {
       }
       out[k] = static_cast<std::int64_t>(w);
     }
+    if (mapped_) mapped_->release(data_offset_ + info.begin, data_offset_ + info.end);
     return out;
   }
 
@@ -281,7 +332,7 @@ class safetensors_file {
     }
     Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> out(static_cast<Eigen::Index>(rows),
                                                          static_cast<Eigen::Index>(cols));
-    const std::byte* data = bytes_.data() + data_offset_ + info.begin;
+    const std::byte* data = storage().data() + data_offset_ + info.begin;
     switch (*info.type) {
       case dtype::float32:
         detail::safetensors_copy_row_major<T, 4>(
@@ -312,11 +363,18 @@ class safetensors_file {
             out);
         break;
     }
+    if (mapped_) mapped_->release(data_offset_ + info.begin, data_offset_ + info.end);
     return out;
   }
 
  private:
   safetensors_file() = default;
+
+  [[nodiscard]] std::span<const std::byte> storage() const noexcept {
+    if (mapped_) return {mapped_->data(), mapped_->size()};
+    if (owned_) return {owned_->data(), owned_->size()};
+    return {};
+  }
 
   const tensor_info& find(std::string_view name, std::string_view function) const {
     const auto it = tensors_.find(std::string(name));
@@ -329,8 +387,9 @@ class safetensors_file {
     return it->second;
   }
 
-  static safetensors_file from_bytes(std::vector<std::byte> bytes,
-                                     const detail::error_source& source, std::string origin) {
+  /// Validates the file's bytes and fills the tensor table (every rule of the file comment).
+  void validate(std::span<const std::byte> bytes, const detail::error_source& source,
+                std::string origin) {
     using detail::fail_with;
     if (bytes.size() < 8) {
       fail_with(source, "with only " + std::to_string(bytes.size()) + " bytes",
@@ -348,7 +407,7 @@ class safetensors_file {
                     std::to_string(bytes.size() - 8) + " bytes after the length",
                 "a header that fits in the file");
     }
-    safetensors_file file;
+    safetensors_file& file = *this;
     file.data_offset_ = 8 + static_cast<std::size_t>(header_length);
     const std::size_t data_size = bytes.size() - file.data_offset_;
     const std::string_view text(reinterpret_cast<const char*>(bytes.data()) + 8,
@@ -397,12 +456,12 @@ class safetensors_file {
                 tiling);
     }
 
-    file.bytes_ = std::move(bytes);
     file.origin_ = std::move(origin);
-    return file;
   }
 
-  std::vector<std::byte> bytes_;
+  // One of the two holds the file; a copy shares it (read-only).
+  std::shared_ptr<const std::vector<std::byte>> owned_;
+  std::shared_ptr<const detail::mapped_file> mapped_;
   std::size_t data_offset_ = 0;  // 8 + the header length
   std::map<std::string, tensor_info> tensors_;
   std::map<std::string, std::string> metadata_;

@@ -30,6 +30,7 @@
 /// (and the message says so).
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -296,6 +297,78 @@ inline std::vector<std::byte> read_file(const std::filesystem::path& file,
   }
   return std::move(contents.bytes);
 }
+
+/// A regular file mapped read-only into memory (mmap, MAP_PRIVATE), unmapped by the
+/// destructor: the bytes of a large checkpoint are read from the page cache on demand, so a
+/// reader's memory is what it converts, not the file.
+///
+/// release() hands the pages of a range back (madvise MADV_DONTNEED): they leave the
+/// process's resident set, and a later read of them faults them in again from the file. A
+/// file truncated by another process while mapped makes reads past its new end fault
+/// (SIGBUS), as with every memory-mapped reader (safetensors' own included).
+class mapped_file {
+ public:
+  /// Maps `file`. Fails as read_file() does: with `missing` as what was expected when the
+  /// file does not exist, cannot be accessed or is not a regular file, with `unreadable`
+  /// when it cannot be opened or mapped.
+  mapped_file(const std::filesystem::path& file, const error_source& source,
+              std::string_view missing, std::string_view unreadable) {
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0) {
+      const int error = errno;
+      if (error == ENOENT || error == ENOTDIR) fail_with(source, ", which does not exist", missing);
+      fail_with(source, ", which cannot be accessed (" + error_text(error) + ")", missing);
+    }
+    const auto refuse = [&](mode_t mode) {
+      if (S_ISDIR(mode)) fail_with(source, ", which is a directory", missing);
+      fail_with(source, ", which is " + file_kind(mode) + ", not a regular file", missing);
+    };
+    if (!S_ISREG(st.st_mode)) refuse(st.st_mode);
+    int error = 0;
+    const file_descriptor fd = open_file(file, O_RDONLY | O_NOCTTY | O_NONBLOCK, 0, error);
+    if (error != 0) {
+      if (error == ENOENT) fail_with(source, ", which does not exist", missing);
+      fail_with(source, ", which cannot be read (" + error_text(error) + ")", unreadable);
+    }
+    if (::fstat(fd.get(), &st) != 0) {
+      fail_with(source, ", which cannot be read (" + error_text(errno) + ")", unreadable);
+    }
+    if (!S_ISREG(st.st_mode)) refuse(st.st_mode);
+    size_ = static_cast<std::size_t>(st.st_size);
+    if (size_ == 0) return;  // nothing to map; data() is null
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (p == MAP_FAILED) {
+      fail_with(source, ", which cannot be mapped (" + error_text(errno) + ")", unreadable);
+    }
+    data_ = static_cast<const std::byte*>(p);
+  }
+
+  mapped_file(const mapped_file&) = delete;
+  mapped_file& operator=(const mapped_file&) = delete;
+  ~mapped_file() {
+    if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
+  }
+
+  [[nodiscard]] const std::byte* data() const noexcept { return data_; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+
+  /// Hands back the whole pages inside [begin, end) (offsets into the file); a no-op where
+  /// the system refuses.
+  void release(std::size_t begin, std::size_t end) const noexcept {
+    if (data_ == nullptr || end > size_) return;
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t first = (begin + page - 1) / page * page;
+    const std::size_t last = end / page * page;
+    if (first < last) {
+      static_cast<void>(
+          ::madvise(const_cast<std::byte*>(data_) + first, last - first, MADV_DONTNEED));
+    }
+  }
+
+ private:
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+};
 
 /// The path a write to `file` replaces: `file`, or the file at the end of the chain of
 /// symbolic links at `file` (relative links resolved from the directory of the link).
