@@ -6,6 +6,8 @@
 //                        [--shard I/N] | --combine F1.json F2.json ... [--json F]
 //   lowrank-compress CKPT --budget F --out OUT.safetensors [--allocation A] [--grams G]
 //                        [--report R.json] [--rank K] [--target P,..]
+//   lowrank-compress CKPT --shard I/N --spectra PART_I.json [--grams G] [--rank K]   (each I)
+//   lowrank-compress CKPT --budget F --combine PART_1.json ... --out OUT.safetensors
 //   lowrank-compress CKPT --compensate LOSSY --eora-rank R [--grams G] --out ADAPTER_DIR
 //   lowrank-merge BASE ADAPTER_DIR --out OUT.safetensors [--unmerge]
 //   lowrank-merge BASE ADAPTER_DIR --reduce-intruders [--lambda L] --out NEW_ADAPTER_DIR
@@ -58,7 +60,8 @@ constexpr const char* usage =
     "  lowrank-inspect --combine PART.json... [--json F]\n"
     "  lowrank-compress CKPT --budget F --out OUT.safetensors [--allocation uniform|energy|\n"
     "                   welore|global] [--grams G.safetensors] [--report R.json] [--rank K]\n"
-    "                   [--target P1,P2 | --target-regex R]\n"
+    "                   [--target P1,P2 | --target-regex R] [--combine PART.json...]\n"
+    "  lowrank-compress CKPT --shard I/N --spectra PART.json [--grams G] [--rank K] [--target ..]\n"
     "  lowrank-compress CKPT --compensate LOSSY --eora-rank R [--grams G] --out ADAPTER_DIR\n"
     "  lowrank-merge BASE ADAPTER_DIR --out OUT.safetensors [--unmerge]\n"
     "  lowrank-merge BASE ADAPTER_DIR --reduce-intruders [--lambda L] --out NEW_ADAPTER_DIR\n"
@@ -550,7 +553,59 @@ struct compress_options {
   selection sel;
   std::optional<fs::path> compensate;
   index_t eora_rank = 0;
+  shard_spec shard;
+  std::optional<fs::path> spectra_out;  // --spectra: write the spectra and stop
+  std::vector<fs::path> combine;        // --combine: the spectra of a sharded run
 };
+
+/// The settings a spectra file was made with: a run that combines it must use the same.
+json spectra_settings(const compress_options& o) {
+  return {{"checkpoint", fs::absolute(o.checkpoint).lexically_normal().string()},
+          {"grams", o.grams ? fs::absolute(*o.grams).lexically_normal().string() : ""},
+          {"rank", o.rank}};
+}
+
+/// Reads the spectra of `--combine` parts and checks they are this run's, once each.
+std::vector<lowrank::matrix_spectrum> combine_spectra(const compress_options& o) {
+  const json settings = spectra_settings(o);
+  std::map<std::string, lowrank::matrix_spectrum> by_name;
+  for (const fs::path& part : o.combine) {
+    std::ifstream in(part);
+    if (!in) fail_usage("--combine: cannot read " + part.string());
+    json doc;
+    try {
+      doc = json::parse(in);
+    } catch (const json::exception& e) {
+      fail_usage("--combine: " + part.string() + " is not JSON (" + e.what() + ")");
+    }
+    if (!doc.is_object() || doc.value("tool", "") != "lowrank-compress --spectra" ||
+        !doc.contains("matrices") || !doc["matrices"].is_array()) {
+      fail_usage("--combine: " + part.string() + " is not a lowrank-compress --spectra file");
+    }
+    if (doc["settings"] != settings) {
+      fail_usage("--combine: " + part.string() + " was made with " + doc["settings"].dump() +
+                 ", but this run has " + settings.dump());
+    }
+    for (const json& m : doc["matrices"]) {
+      lowrank::matrix_spectrum s;
+      try {
+        s.name = m.at("name").get<std::string>();
+        s.rows = m.at("rows").get<index_t>();
+        s.cols = m.at("cols").get<index_t>();
+        s.energy = m.at("energy").get<double>();
+        s.singular_values = m.at("singular_values").get<std::vector<double>>();
+      } catch (const json::exception& e) {
+        fail_usage("--combine: " + part.string() + " has a malformed matrix (" + e.what() + ")");
+      }
+      if (by_name.contains(s.name))
+        fail_usage("--combine: the tensor " + s.name + " is in two parts");
+      by_name[s.name] = std::move(s);
+    }
+  }
+  std::vector<lowrank::matrix_spectrum> out;
+  for (auto& [name, s] : by_name) out.push_back(std::move(s));
+  return out;
+}
 
 /// The Gram of a module from --grams (`<module>.gram`), whitened.
 lowrank::gram_whitening gram_of(const io::checkpoint& grams, const std::string& tensor) {
@@ -658,16 +713,35 @@ int run_compress(const compress_options& o) {
   if (grams) {
     for (const auto& f : input_files(*grams)) inputs.push_back(f);
   }
-  const fs::path out = *o.out;
+  for (const auto& f : o.combine) inputs.push_back(f);
+  if (o.spectra_out) refuse_overwrite(*o.spectra_out, inputs, "--spectra");
+  const fs::path out = o.out ? *o.out : fs::path();
   const fs::path report = o.report ? *o.report : fs::path(out).replace_extension(".report.json");
-  refuse_overwrite(out, inputs, "--out");
-  refuse_overwrite(report, inputs, "--report");
-  if (fs::exists(out) && fs::exists(report) && fs::equivalent(out, report))
-    fail_usage("--report is the same file as --out");
+  if (o.out) {
+    refuse_overwrite(out, inputs, "--out");
+    refuse_overwrite(report, inputs, "--report");
+    if (fs::exists(out) && fs::exists(report) && fs::equivalent(out, report))
+      fail_usage("--report is the same file as --out");
+  }
 
-  const auto mine = select(c, o.sel, {});
-  // Pass 1: the spectra (whitened with a Gram).
+  // Pass 1: the spectra (whitened with a Gram), or those of a sharded run's parts.
   std::vector<lowrank::matrix_spectrum> spectra;
+  if (!o.combine.empty()) {
+    spectra = combine_spectra(o);
+    std::set<std::string> expected;
+    for (const auto* e : select(c, o.sel, {})) expected.insert(e->name);
+    for (const auto& m : spectra) {
+      if (!expected.erase(m.name)) {
+        fail_usage("--combine: the parts hold '" + m.name + "', which this run does not select");
+      }
+    }
+    if (!expected.empty()) {
+      fail_usage("--combine: no part holds '" + *expected.begin() + "' (" +
+                 std::to_string(expected.size()) + " selected matrices missing)");
+    }
+  }
+  const auto mine =
+      o.combine.empty() ? select(c, o.sel, o.shard) : std::vector<const io::checkpoint::entry*>{};
   progress bar1(mine.size());
   for (const auto* e : mine) {
     const matrix_f w = c.matrix<float>(e->name);
@@ -687,6 +761,25 @@ int run_compress(const compress_options& o) {
     }
     spectra.push_back(std::move(m));
     bar1.step(e->name);
+  }
+  if (o.spectra_out) {
+    json matrices = json::array();
+    for (const auto& m : spectra) {
+      matrices.push_back({{"name", m.name},
+                          {"rows", m.rows},
+                          {"cols", m.cols},
+                          {"energy", m.energy},
+                          {"singular_values", m.singular_values}});
+    }
+    const json doc = {
+        {"tool", "lowrank-compress --spectra"},
+        {"settings", spectra_settings(o)},
+        {"shard", std::to_string(o.shard.index) + "/" + std::to_string(o.shard.count)},
+        {"matrices", matrices}};
+    write_text_file(*o.spectra_out, doc.dump(1) + "\n", "lowrank-compress --spectra");
+    std::printf("wrote the spectra of %zu matrices to %s\n", spectra.size(),
+                o.spectra_out->string().c_str());
+    return 0;
   }
   const lowrank::compress_plan plan = lowrank::plan_compression(spectra, o.budget, o.allocation);
 
@@ -934,9 +1027,9 @@ int dispatch(std::string command, std::vector<std::string> args) {
   std::set<std::string> flags;
   std::vector<fs::path> combine;
   const std::set<std::string> takes_value = {
-      "--base",   "--json",       "--plots",     "--rank",  "--target",     "--target-regex",
-      "--shard",  "--welore-tau", "--budget",    "--out",   "--allocation", "--grams",
-      "--report", "--compensate", "--eora-rank", "--lambda"};
+      "--base",   "--json",       "--plots",     "--rank",   "--target",     "--target-regex",
+      "--shard",  "--welore-tau", "--budget",    "--out",    "--allocation", "--grams",
+      "--report", "--compensate", "--eora-rank", "--lambda", "--spectra"};
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -1019,11 +1112,27 @@ int dispatch(std::string command, std::vector<std::string> args) {
     o.sel.weights_only = true;
     if (positional.size() != 1) fail_usage("lowrank-compress takes one checkpoint");
     o.checkpoint = positional[0];
-    if (auto v = take("--out"))
-      o.out = *v;
-    else
-      fail_usage("lowrank-compress needs --out");
+    if (auto v = take("--out")) o.out = *v;
     if (auto v = take("--grams")) o.grams = *v;
+    if (auto v = take("--rank"))
+      o.rank = static_cast<index_t>(parse_integer("--rank", *v, 1, 1 << 20));
+    o.combine = combine;
+    if (auto v = take("--shard")) o.shard = parse_shard(*v);
+    if (auto v = take("--spectra")) {
+      // Phase one of a sharded run: the spectra of this shard only.
+      o.spectra_out = *v;
+      if (o.out || !combine.empty()) {
+        fail_usage("--spectra writes spectra only: no --out or --combine");
+      }
+      finish();
+      return run_compress(o);
+    }
+    if (o.shard.count > 1) {
+      fail_usage(
+          "--shard I/N computes the spectra of a share: give --spectra PART.json, then "
+          "--combine the parts in a final run with --budget and --out");
+    }
+    if (!o.out) fail_usage("lowrank-compress needs --out");
     if (auto v = take("--compensate")) {
       o.compensate = *v;
       auto r = take("--eora-rank");
@@ -1052,8 +1161,6 @@ int dispatch(std::string command, std::vector<std::string> args) {
       o.allocation = known.at(*v);
     }
     if (auto v = take("--report")) o.report = *v;
-    if (auto v = take("--rank"))
-      o.rank = static_cast<index_t>(parse_integer("--rank", *v, 1, 1 << 20));
     finish();
     return run_compress(o);
   }

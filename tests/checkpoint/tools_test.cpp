@@ -312,6 +312,47 @@ TEST_F(compress_tools, CompressThenReconstructEqualsTheReport) {
   }
 }
 
+// A sharded run (spectra by shard, then one combining run) writes what one run writes.
+TEST_F(compress_tools, ShardedSpectraCombineToTheSingleRun) {
+  const std::string ckpt = q(dir_ / "model.safetensors");
+  const std::string grams = " --grams " + q(dir_ / "grams.safetensors");
+  ASSERT_EQ(
+      run("lowrank-compress", ckpt + " --budget 0.4" + grams + " --out " +
+                                  q(dir_ / "one.safetensors") + " --report " + q(dir_ / "one.json"))
+          .status,
+      0);
+  for (int i = 1; i <= 2; ++i) {
+    const auto r =
+        run("lowrank-compress", ckpt + grams + " --shard " + std::to_string(i) + "/2 --spectra " +
+                                    q(dir_ / ("part" + std::to_string(i) + ".json")));
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  const std::string parts = " --combine " + q(dir_ / "part1.json") + " " + q(dir_ / "part2.json");
+  const auto r = run("lowrank-compress", ckpt + " --budget 0.4" + grams + parts + " --out " +
+                                             q(dir_ / "two.safetensors") + " --report " +
+                                             q(dir_ / "two.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(io_test::read_bytes(dir_ / "one.safetensors"),
+            io_test::read_bytes(dir_ / "two.safetensors"));
+  std::ifstream a(dir_ / "one.json");
+  std::ifstream b(dir_ / "two.json");
+  EXPECT_EQ(nlohmann::json::parse(a)["matrices"], nlohmann::json::parse(b)["matrices"]);
+  // A part missing, a part twice, or parts made with other settings are refused.
+  const auto missing =
+      run("lowrank-compress", ckpt + " --budget 0.4" + grams + " --combine " +
+                                  q(dir_ / "part1.json") + " --out " + q(dir_ / "x.safetensors"));
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_NE(missing.output.find("selected matrices missing"), std::string::npos) << missing.output;
+  const auto twice = run("lowrank-compress",
+                         ckpt + " --budget 0.4" + grams + " --combine " + q(dir_ / "part1.json") +
+                             " " + q(dir_ / "part1.json") + " --out " + q(dir_ / "x.safetensors"));
+  EXPECT_NE(twice.output.find("is in two parts"), std::string::npos) << twice.output;
+  const auto other = run("lowrank-compress",
+                         ckpt + " --budget 0.4" + parts + " --out " + q(dir_ / "x.safetensors"));
+  EXPECT_NE(other.output.find("was made with"), std::string::npos) << other.output;
+  EXPECT_FALSE(fs::exists(dir_ / "x.safetensors"));
+}
+
 TEST_F(compress_tools, ActivationAwareLowersTheOutputError) {
   const auto compress = [&](const std::string& extra, const std::string& tag) {
     const fs::path report = dir_ / (tag + ".json");
