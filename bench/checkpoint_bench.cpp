@@ -241,8 +241,8 @@ void BM_compress_llama(benchmark::State& state) {
 BENCHMARK(BM_compress_llama)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 
 /// The same on the real all-MiniLM-L6-v2 when LOWRANK_BENCH_MINILM names its directory
-/// (tools/minilm_calibration.py extracts it): exact spectra, then a compression.
-void BM_inspect_minilm(benchmark::State& state) {
+/// (tools/minilm_calibration.py extracts it): exact spectra, then a compression to half.
+void minilm(benchmark::State& state, const char* program, std::vector<std::string> args) {
   const char* dir = std::getenv("LOWRANK_BENCH_MINILM");
   if (dir == nullptr) {
     state.SkipWithError("set LOWRANK_BENCH_MINILM to the extracted model directory");
@@ -250,13 +250,21 @@ void BM_inspect_minilm(benchmark::State& state) {
     }
     return;
   }
-  for (auto _ : state) {
-    const auto r = run(tool("lowrank-inspect"),
-                       {dir, "--json", scratch("lowrank_bench_minilm.json").string()});
-    report(state, r, dir);
-  }
+  args.insert(args.begin(), dir);
+  for (auto _ : state) report(state, run(tool(program), args), dir);
+}
+
+void BM_inspect_minilm(benchmark::State& state) {
+  minilm(state, "lowrank-inspect", {"--json", scratch("lowrank_bench_minilm.json").string()});
 }
 BENCHMARK(BM_inspect_minilm)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+
+void BM_compress_minilm(benchmark::State& state) {
+  minilm(state, "lowrank-compress",
+         {"--budget", "0.5", "--allocation", "global", "--out",
+          scratch("lowrank_bench_minilm.safetensors").string()});
+}
+BENCHMARK(BM_compress_minilm)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 
 /// One matrix's spectrum: exact (values only) against randomized at rank 64.
 void BM_spectrum(benchmark::State& state) {

@@ -32,7 +32,6 @@
 #include <lowrank/io/detail/files.hpp>
 #include <lowrank/io/peft.hpp>
 #include <lowrank/io/safetensors_writer.hpp>
-#include <lowrank/lowrank.hpp>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -289,8 +288,8 @@ std::string file_name_for(const std::string& tensor) {
 }
 
 /// The kind of a module for the overview's colours: its name after the last numeric
-/// component ("encoder.layer.3.attention.self.query" -> "attention.self.query"), or the
-/// whole module name when it has none ("pooler.dense").
+/// component ("encoder.layer.3.attention.self.query" -> "attention.self.query"), or its last
+/// components when it has none ("pooler.dense").
 std::string kind_of(const std::string& name) {
   const std::vector<std::string> parts = split(selection::module_of(name), '.');
   std::size_t first = 0;
@@ -300,9 +299,26 @@ std::string kind_of(const std::string& name) {
       first = i + 1;
     }
   }
+  if (first == 0 && parts.size() > 1) {
+    // No layer index: the last two components, or the last one when they are long
+    // ("embeddings.position_embeddings" -> "position_embeddings").
+    const std::string two = parts[parts.size() - 2] + "." + parts.back();
+    return two.size() <= 20 ? two : parts.back();
+  }
   std::string kind;
   for (std::size_t i = first; i < parts.size(); ++i) kind += (kind.empty() ? "" : ".") + parts[i];
   return kind.empty() ? selection::module_of(name) : kind;
+}
+
+/// One part given to --combine, as JSON.
+json read_part(const fs::path& part) {
+  std::ifstream in(part);
+  if (!in) fail_usage("--combine: cannot read " + part.string());
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    fail_usage("--combine: " + part.string() + " is not JSON (" + e.what() + ")");
+  }
 }
 
 // -------------------------------------------------------------------- inspect
@@ -456,14 +472,7 @@ int run_inspect(const inspect_options& o) {
   if (!o.combine.empty()) {
     std::set<std::string> seen;
     for (const fs::path& part : o.combine) {
-      std::ifstream in(part);
-      if (!in) fail_usage("--combine: cannot read " + part.string());
-      json doc;
-      try {
-        doc = json::parse(in);
-      } catch (const json::exception& e) {
-        fail_usage("--combine: " + part.string() + " is not JSON (" + e.what() + ")");
-      }
+      const json doc = read_part(part);
       if (!doc.is_object() || !doc.contains("rows") || !doc["rows"].is_array()) {
         fail_usage("--combine: " + part.string() + " is not a lowrank-inspect --json report");
       }
@@ -570,14 +579,7 @@ std::vector<lowrank::matrix_spectrum> combine_spectra(const compress_options& o)
   const json settings = spectra_settings(o);
   std::map<std::string, lowrank::matrix_spectrum> by_name;
   for (const fs::path& part : o.combine) {
-    std::ifstream in(part);
-    if (!in) fail_usage("--combine: cannot read " + part.string());
-    json doc;
-    try {
-      doc = json::parse(in);
-    } catch (const json::exception& e) {
-      fail_usage("--combine: " + part.string() + " is not JSON (" + e.what() + ")");
-    }
+    json doc = read_part(part);
     if (!doc.is_object() || doc.value("tool", "") != "lowrank-compress --spectra" ||
         !doc.contains("matrices") || !doc["matrices"].is_array()) {
       fail_usage("--combine: " + part.string() + " is not a lowrank-compress --spectra file");

@@ -191,6 +191,8 @@ TEST_F(checkpoint_io, MalformedIndexesAreRefusedWithTheirReason) {
                             "layers.0.v_proj.weight": "model-00002-of-00002.safetensors"}})",
          "which the index puts in");
   refuse(R"({"metadata": 3, "weight_map": {"a": "b"}})", "\"metadata\" that is not an object");
+  refuse(R"({"weight_map": {"a": "b"}, "x": )" + std::string(65, '[') + std::string(65, ']') + "}",
+         "nests objects and arrays more than 64 deep");
   // A shard that is not a safetensors file: the reader's reason is in the message.
   write_text(dir_ / "junk.safetensors", "not a safetensors file at all");
   refuse(R"({"weight_map": {"a": "junk.safetensors"}})", "junk.safetensors\" is unusable (");

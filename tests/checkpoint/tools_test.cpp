@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <Eigen/Core>
+#include <Eigen/QR>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -18,7 +19,6 @@
 #include <vector>
 
 #include "io/io_test_support.hpp"
-#include "lowrank/checkpoint/compress.hpp"
 #include "lowrank/io/checkpoint.hpp"
 #include "lowrank/io/peft.hpp"
 #include "lowrank/io/safetensors.hpp"
@@ -471,6 +471,30 @@ TEST_F(compress_tools, EoraAdapterCompensatesAndMerges) {
     EXPECT_LT(out_err(after.matrix<double>(m.name + ".weight")),
               0.9 * out_err(before.matrix<double>(m.name + ".weight")));
   }
+}
+
+// The real all-MiniLM-L6-v2, when LOWRANK_TEST_MINILM names the directory that
+// tools/minilm_calibration.py writes (model/ and grams.safetensors); skipped otherwise.
+TEST_F(checkpoint_tools, RealMiniLmWhenPresent) {
+  const char* root = std::getenv("LOWRANK_TEST_MINILM");
+  if (root == nullptr || !fs::exists(fs::path(root) / "model" / "model.safetensors")) {
+    GTEST_SKIP()
+        << "set LOWRANK_TEST_MINILM to the output directory of tools/minilm_calibration.py";
+  }
+  const fs::path model = fs::path(root) / "model";
+  const auto i = run("lowrank-inspect", q(model) + " --json " + q(dir_ / "i.json"));
+  ASSERT_EQ(i.status, 0) << i.output;
+  std::ifstream in(dir_ / "i.json");
+  const auto doc = nlohmann::json::parse(in);
+  EXPECT_EQ(doc["rows"].size(), 40u);  // the I64 position_ids is not a weight
+  const auto c = run("lowrank-compress",
+                     q(model) + " --budget 0.5 --grams " + q(fs::path(root) / "grams.safetensors") +
+                         " --out " + q(dir_ / "c.safetensors") + " --report " + q(dir_ / "c.json"));
+  ASSERT_EQ(c.status, 0) << c.output;
+  std::ifstream rin(dir_ / "c.json");
+  const auto report = nlohmann::json::parse(rin);
+  EXPECT_LE(report["parameters"].get<double>(), 0.5 * report["original_parameters"].get<double>());
+  EXPECT_EQ(report["matrices"].size(), 37u);
 }
 
 }  // namespace

@@ -44,6 +44,7 @@
 
 #include "lowrank/core/error.hpp"
 #include "lowrank/io/detail/files.hpp"
+#include "lowrank/io/detail/json.hpp"
 #include "lowrank/io/safetensors.hpp"
 
 namespace lowrank::io {
@@ -211,23 +212,16 @@ class checkpoint {
     const std::vector<std::byte> bytes =
         detail::read_file(file, source, "an existing, readable index file", "a readable file");
     const std::string text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-    std::vector<std::set<std::string>> open;
-    std::optional<std::string> duplicate;
-    const auto unique_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-      using event_t = nlohmann::json::parse_event_t;
-      if (event == event_t::object_start) {
-        open.emplace_back();
-      } else if (event == event_t::object_end) {
-        if (!open.empty()) open.pop_back();
-      } else if (event == event_t::key && !open.empty()) {
-        const std::string& key = parsed.get_ref<const std::string&>();
-        if (!open.back().insert(key).second && !duplicate) duplicate = key;
-      }
-      return true;
-    };
+    if (detail::json_text_nests_deeper(text, 64)) {
+      detail::fail_with(source, ", whose JSON nests objects and arrays more than 64 deep",
+                        expected_index);
+    }
     nlohmann::json doc;
+    std::optional<std::string> duplicate;
     try {
-      doc = nlohmann::json::parse(text, unique_keys);
+      auto parsed = detail::parse_json_unique_keys<nlohmann::json>(text);
+      doc = std::move(parsed.value);
+      duplicate = std::move(parsed.duplicate);
     } catch (const nlohmann::json::exception& e) {
       detail::fail_with(source, ", which is not JSON (" + std::string(e.what()) + ")",
                         expected_index);

@@ -21,6 +21,7 @@
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix_view.hpp"
 #include "lowrank/io/detail/files.hpp"
+#include "lowrank/io/detail/json.hpp"
 #include "lowrank/io/detail/safetensors_header.hpp"
 #include "lowrank/io/peft_types.hpp"
 
@@ -36,33 +37,6 @@ inline constexpr std::size_t peft_max_name = 4096;
 /// The deepest nesting of objects and arrays in adapter_config.json (PEFT's own fields nest 3
 /// deep): the document is copied and written recursively, so deeper ones are refused first.
 inline constexpr int peft_max_depth = 64;
-
-/// Whether JSON text nests objects and arrays deeper than `limit`, counted on the text
-/// (strings skipped) before any parser recurses or builds anything. Text that is not JSON
-/// is the parser's to reject.
-inline bool peft_text_nests_deeper(std::string_view text, int limit) {
-  int depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return true;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return false;
-}
 
 /// Whether a JSON value nests objects and arrays deeper than `limit` (itself at depth 1),
 /// walked without recursion.
@@ -206,24 +180,9 @@ inline void peft_check_config(const peft_config& config, const peft_failure& fai
 /// adapter_config.json's text as a peft_config (the JSON types; values are checked by
 /// peft_check_config).
 inline peft_config peft_parse_config(const std::string& text, const peft_failure& fail) {
-  // A key twice in one object is an error: Python's json keeps the last, nlohmann's
-  // ordered_json the first, so the two would read different configs.
-  std::vector<std::set<std::string>> open;
+  // A key twice in one object is an error (detail/json.hpp).
   std::optional<std::string> duplicate;
-  const auto unique_keys = [&](int, nlohmann::json::parse_event_t event,
-                               peft_ordered_json& parsed) {
-    using event_t = nlohmann::json::parse_event_t;
-    if (event == event_t::object_start) {
-      open.emplace_back();
-    } else if (event == event_t::object_end) {
-      if (!open.empty()) open.pop_back();
-    } else if (event == event_t::key && !open.empty()) {
-      const std::string& key = parsed.get_ref<const std::string&>();
-      if (!open.back().insert(key).second && !duplicate) duplicate = key;
-    }
-    return true;
-  };
-  if (peft_text_nests_deeper(text, peft_max_depth)) {
+  if (json_text_nests_deeper(text, peft_max_depth)) {
     fail(std::string("whose ") + std::string(peft_config_name) +
              " nests objects and arrays more than " + std::to_string(peft_max_depth) + " deep",
          "an adapter_config.json nested at most " + std::to_string(peft_max_depth) +
@@ -231,7 +190,9 @@ inline peft_config peft_parse_config(const std::string& text, const peft_failure
   }
   peft_ordered_json doc;
   try {
-    doc = peft_ordered_json::parse(text, unique_keys);
+    auto parsed = parse_json_unique_keys<peft_ordered_json>(text);
+    doc = std::move(parsed.value);
+    duplicate = std::move(parsed.duplicate);
   } catch (const nlohmann::json::exception& e) {
     fail(std::string("whose ") + std::string(peft_config_name) + " is not JSON (" + e.what() + ")",
          "a JSON object (PEFT's LoraConfig)");
