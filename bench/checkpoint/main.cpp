@@ -1007,9 +1007,9 @@ int run_merge(const merge_options& o) {
     bar.step(name);
   }
   writer.commit();
-  std::printf("%s %zu modules (%s) %s %s into %s\n", o.unmerge ? "unmerged" : "merged",
+  std::printf("%s %zu %s modules %s %s; wrote %s\n", o.unmerge ? "unmerged" : "merged",
               adapter.modules.size(), adapter.config.use_dora ? "DoRA" : "LoRA",
-              o.unmerge ? "from" : "with", o.base.string().c_str(), o.out->string().c_str());
+              o.unmerge ? "from" : "into", o.base.string().c_str(), o.out->string().c_str());
   return 0;
 }
 
