@@ -489,6 +489,41 @@ struct integer_tensor_to_write {
 
 namespace detail {
 
+/// Appends one value, converted from double with one rounding, as a little-endian `type`.
+inline void safetensors_append_value(std::vector<char>& out, dtype type, double x) {
+  switch (type) {
+    case dtype::float32:
+      safetensors_append_le<4>(out, std::bit_cast<std::uint32_t>(static_cast<float>(x)));
+      break;
+    case dtype::float64:
+      safetensors_append_le<8>(out, std::bit_cast<std::uint64_t>(x));
+      break;
+    case dtype::float16:
+      safetensors_append_le<2>(out, double_to_half(x));
+      break;
+    case dtype::bfloat16:
+      safetensors_append_le<2>(out, double_to_bfloat16(x));
+      break;
+  }
+}
+
+/// `"__metadata__":{...},` of a header (nothing for no metadata), keys and values checked as
+/// UTF-8 for `function`'s messages (argument `metadata`).
+inline std::string safetensors_metadata_header(const std::map<std::string, std::string>& metadata,
+                                               std::string_view function) {
+  if (metadata.empty()) return {};
+  std::string header = "\"__metadata__\":{";
+  bool first = true;
+  for (const auto& [key, value] : metadata) {
+    if (!first) header += ',';
+    first = false;
+    header += safetensors_json_string(key, function, "metadata", "a map with the key");
+    header += ':';
+    header += safetensors_json_string(value, function, "metadata", "a map with the value");
+  }
+  return header + '}';
+}
+
 /// The header of a safetensors file of `tensors` and `metadata`, and the order in which
 /// their data follows it (see write_safetensors): indices below tensors.size() name a
 /// float tensor, the others `integers[k - tensors.size()]`.
@@ -554,19 +589,7 @@ inline safetensors_layout safetensors_plan(
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return itemsize(a) > itemsize(b); });
 
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    bool first = true;
-    for (const auto& [key, value] : metadata) {
-      if (!first) header += ',';
-      first = false;
-      header += safetensors_json_string(key, function, "metadata", "a map with the key");
-      header += ':';
-      header += safetensors_json_string(value, function, "metadata", "a map with the value");
-    }
-    header += '}';
-  }
+  std::string header = "{" + safetensors_metadata_header(metadata, function);
   std::size_t offset = 0;
   for (const std::size_t k : order) {
     if (k >= tensors.size()) {
@@ -640,21 +663,7 @@ void safetensors_emit(Out& out, const safetensors_layout& layout,
     // Row-major: element (i, j) at i * cols + j.
     for (Eigen::Index i = 0; i < t.values.rows(); ++i) {
       for (Eigen::Index j = 0; j < t.values.cols(); ++j) {
-        const double x = t.values(i, j);
-        switch (t.type) {
-          case dtype::float32:
-            safetensors_append_le<4>(chunk, std::bit_cast<std::uint32_t>(static_cast<float>(x)));
-            break;
-          case dtype::float64:
-            safetensors_append_le<8>(chunk, std::bit_cast<std::uint64_t>(x));
-            break;
-          case dtype::float16:
-            safetensors_append_le<2>(chunk, double_to_half(x));
-            break;
-          case dtype::bfloat16:
-            safetensors_append_le<2>(chunk, double_to_bfloat16(x));
-            break;
-        }
+        safetensors_append_value(chunk, t.type, t.values(i, j));
         if (chunk.size() >= chunk_size) {
           out.write(chunk.data(), chunk.size());
           chunk.clear();

@@ -139,22 +139,8 @@ class safetensors_writer {
     const Eigen::Index cols = row_vector ? 1 : values.cols();
     for (Eigen::Index i = 0; i < rows; ++i) {
       for (Eigen::Index j = 0; j < cols; ++j) {
-        const auto x = static_cast<double>(row_vector ? values(0, i) : values(i, j));
-        switch (*type) {
-          case dtype::float32:
-            detail::safetensors_append_le<4>(chunk_,
-                                             std::bit_cast<std::uint32_t>(static_cast<float>(x)));
-            break;
-          case dtype::float64:
-            detail::safetensors_append_le<8>(chunk_, std::bit_cast<std::uint64_t>(x));
-            break;
-          case dtype::float16:
-            detail::safetensors_append_le<2>(chunk_, detail::double_to_half(x));
-            break;
-          case dtype::bfloat16:
-            detail::safetensors_append_le<2>(chunk_, detail::double_to_bfloat16(x));
-            break;
-        }
+        detail::safetensors_append_value(
+            chunk_, *type, static_cast<double>(row_vector ? values(0, i) : values(i, j)));
         if (chunk_.size() >= (1 << 16)) flush();
       }
     }
@@ -250,20 +236,7 @@ class safetensors_writer {
     std::iota(order_.begin(), order_.end(), std::size_t{0});
     std::stable_sort(order_.begin(), order_.end(),
                      [&](std::size_t a, std::size_t b) { return bits[a] > bits[b]; });
-    header_ = "{";
-    if (!metadata.empty()) {
-      header_ += "\"__metadata__\":{";
-      bool first = true;
-      for (const auto& [key, value] : metadata) {
-        if (!first) header_ += ',';
-        first = false;
-        header_ += detail::safetensors_json_string(key, function, "metadata", "a map with the key");
-        header_ += ':';
-        header_ +=
-            detail::safetensors_json_string(value, function, "metadata", "a map with the value");
-      }
-      header_ += '}';
-    }
+    header_ = "{" + detail::safetensors_metadata_header(metadata, function);
     std::size_t offset = 0;
     for (const std::size_t k : order_) {
       const tensor_spec& t = specs_[k];
