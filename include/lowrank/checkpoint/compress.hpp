@@ -163,9 +163,14 @@ inline Eigen::MatrixXd checked_gram(const char* fn, const Eigen::MatrixXd& gram,
 /// @throws lowrank::invalid_argument when `gram` is not square, not symmetric to rounding or
 ///   has an eigenvalue below -1e-3 lambda_max; lowrank::numerical_error when it is not finite
 ///   or is zero.
-[[nodiscard]] inline gram_whitening whiten_gram(const Eigen::MatrixXd& gram) {
+/// Any dense Eigen matrix is taken and converted to double. (A template also for compile
+/// time: a non-template inline function would make every file that includes lowrank.hpp
+/// instantiate Eigen's eigensolver and Cholesky, about 4 s each at -O2.)
+template <class Derived>
+[[nodiscard]] gram_whitening whiten_gram(const Eigen::MatrixBase<Derived>& gram) {
   constexpr const char* fn = "lowrank::whiten_gram";
-  const Eigen::MatrixXd g = detail::checked_gram(fn, gram, gram.rows());
+  const Eigen::MatrixXd g =
+      detail::checked_gram(fn, gram.template cast<double>().eval(), gram.rows());
   if (g.rows() == 0)
     detail::throw_invalid_argument(fn, "gram", "a 0 x 0 matrix", "a non-empty Gram matrix");
   gram_whitening out;
