@@ -297,6 +297,20 @@ TYPED_TEST(Ops, GramProductsAndReductionsSplitAndThreadCounts) {
       2.0 * double(p + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
   EXPECT_TRUE((residual <= rbound).all()) << "max residual " << residual.maxCoeff();
 
+  // An upper-triangular R (Cholesky QR's R^{-1}) takes the in-place trmm
+  // path: the same bits whatever the threads, within the same bound.
+  const Eigen::MatrixXd ru = r.triangularView<Eigen::Upper>();
+  const host_matrix<T> ruh = ru.cast<T>();
+  host_matrix<T> u1 = y.cast<T>();
+  host_matrix<T> u3 = y.cast<T>();
+  cpu_ops::multiply_right(one, lowrank::view(ruh), lowrank::view(u1));
+  cpu_ops::multiply_right(three, lowrank::view(ruh), lowrank::view(u3));
+  EXPECT_TRUE(same_bits(u1, u3));
+  const Eigen::ArrayXXd uresidual = (u1.template cast<double>() - y * ru).array().abs();
+  const Eigen::ArrayXXd ubound =
+      2.0 * double(p + 2) * eps<T> * (y.cwiseAbs() * ru.cwiseAbs()).array();
+  EXPECT_TRUE((uresidual <= ubound).all()) << "max residual " << uresidual.maxCoeff();
+
   // squared_norm over column chunks: bitwise the same whatever the threads.
   const host_matrix<T> big = rounded<T>(gaussian(500, 400, 29)).template cast<T>();
   const double s1 = cpu_ops::squared_norm(one, lowrank::view(big));
@@ -447,21 +461,26 @@ TYPED_TEST(Ops, MultiplyRight) {
   using ops = typename TestFixture::ops_type;
   const index_t n = 9;
   const index_t p = 14;
-  const Eigen::MatrixXd r = rounded<T>(gaussian(n, n, 8));
-  const Eigen::MatrixXd y = rounded<T>(gaussian(p, n, 9));
-  auto pr = this->pad(r);
-  auto py = this->pad(y);
-  ops::multiply_right(this->ctx, pr.cview(), py.view());
-  const Eigen::MatrixXd x = py.host();
-  // A product's componentwise bound (Higham 3.5): |Y R - fl(Y R)| <= gamma_n
-  // |Y| |R|; 2 (n + 2) eps covers it and the double reference.
-  const Eigen::ArrayXXd residual = (x - y * r).array().abs();
-  const Eigen::ArrayXXd bound =
-      2.0 * double(n + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
-  EXPECT_TRUE((residual <= bound).all())
-      << "max residual " << residual.maxCoeff() << ", max bound " << bound.maxCoeff();
-  EXPECT_TRUE(py.padding_is(quiet_nan<T>()));
-  EXPECT_TRUE(pr.padding_is(quiet_nan<T>()));
+  const Eigen::MatrixXd full = rounded<T>(gaussian(n, n, 8));
+  // A general R, and an upper-triangular one (the CPU backend applies that
+  // with trmm in place, reading nothing below the diagonal or in the padding).
+  const Eigen::MatrixXd upper = full.triangularView<Eigen::Upper>();
+  for (const Eigen::MatrixXd& r : {full, upper}) {
+    const Eigen::MatrixXd y = rounded<T>(gaussian(p, n, 9));
+    auto pr = this->pad(r);
+    auto py = this->pad(y);
+    ops::multiply_right(this->ctx, pr.cview(), py.view());
+    const Eigen::MatrixXd x = py.host();
+    // A product's componentwise bound (Higham 3.5): |Y R - fl(Y R)| <= gamma_n
+    // |Y| |R|; 2 (n + 2) eps covers it and the double reference.
+    const Eigen::ArrayXXd residual = (x - y * r).array().abs();
+    const Eigen::ArrayXXd bound =
+        2.0 * double(n + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
+    EXPECT_TRUE((residual <= bound).all())
+        << "max residual " << residual.maxCoeff() << ", max bound " << bound.maxCoeff();
+    EXPECT_TRUE(py.padding_is(quiet_nan<T>()));
+    EXPECT_TRUE(pr.padding_is(quiet_nan<T>()));
+  }
 }
 
 // ----------------------------------------------- householder_orthonormalize

@@ -166,13 +166,29 @@ struct cpu_core_ops {
     as_eigen(c).template triangularView<Eigen::Lower>() = partial[0];
   }
 
-  /// Y = Y R in place, for Y m x n and a square R (n x n): row panels of Y,
-  /// each multiplied into the context's workspace and copied back.
+  /// Y = Y R in place, for Y m x n and a square R (n x n): row panels of Y.
+  /// An upper-triangular R (Cholesky QR's R^{-1}) goes to the BLAS's trmm in
+  /// place, half the flops of a full product and no copy; any other R (or no
+  /// BLAS) is multiplied into the context's workspace and copied back.
   template <scalar T>
   static void multiply_right(context<cpu>& ctx, input<T> r, matrix_view<T, cpu> y) {
     if (y.empty()) return;
     const index_t n = y.cols();
     LOWRANK_ASSERT(r.rows() == n && r.cols() == n);
+#if defined(EIGEN_USE_BLAS)
+    constexpr index_t int_max = 2147483647;
+    if (std::max({y.rows(), n, r.ld(), y.ld()}) <= int_max && is_upper_triangular<T>(r)) {
+      const index_t parts = blas_pieces(double(y.rows()) * double(n) * double(n), y.rows(), 0, 64);
+      run_blas_tasks(ctx, parts, [&](index_t t) {
+        const auto piece = part(y.rows(), parts, t);
+        auto panel = y.middle_rows(piece.begin, piece.size);
+        if (piece.size > 0) {
+          blas::trmm_right_upper<T>(piece.size, n, r.data(), r.ld(), panel.data(), panel.ld());
+        }
+      });
+      return;
+    }
+#endif
     const index_t parts =
         blas_pieces(2.0 * double(y.rows()) * double(n) * double(n), y.rows(), 0, 64);
     auto ws = ctx.workspace();
@@ -185,6 +201,18 @@ struct cpu_core_ops {
       product.noalias() = panel * as_eigen(r);
       panel = product;
     });
+  }
+
+  /// Whether R (square) is zero below its diagonal.
+  template <scalar T>
+  static bool is_upper_triangular(input<T> r) {
+    for (index_t j = 0; j < r.cols(); ++j) {
+      const T* c = r.data() + j * r.ld();
+      for (index_t i = j + 1; i < r.rows(); ++i) {
+        if (c[i] != T(0)) return false;
+      }
+    }
+    return true;
   }
 
   /// The factor of one Cholesky QR pass (backend_for): G's lower triangle in

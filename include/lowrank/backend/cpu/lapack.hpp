@@ -1,7 +1,7 @@
 #pragma once
 /// @file
-/// The few BLAS and LAPACK routines the CPU backend calls directly: gemm when
-/// the build uses a BLAS (`EIGEN_USE_BLAS`; Eigen's own product would zero C
+/// The few BLAS and LAPACK routines the CPU backend calls directly: gemm and
+/// trmm when the build uses a BLAS (`EIGEN_USE_BLAS`; Eigen's own product would zero C
 /// before accumulating into it), and gesdd (divide-and-conquer SVD), geqrf and
 /// orgqr (Householder QR and its explicit Q), gesvd (QR-iteration SVD, the
 /// fallback when gesdd's result fails its check), trtri (triangular inverse) when
@@ -41,6 +41,22 @@ void gemm(bool ta, bool tb, index_t m, index_t n, index_t k, T alpha, const T* a
     sgemm_(opa, opb, &mi, &ni, &ki, &alpha, a, &ldai, b, &ldbi, &beta, c, &ldci);
   } else {
     dgemm_(opa, opb, &mi, &ni, &ki, &alpha, a, &ldai, b, &ldbi, &beta, c, &ldci);
+  }
+}
+
+/// B = B A in place, for B m x n and an upper-triangular n x n A (trmm, side
+/// right; what lies below A's diagonal is not read). Same shape limit as gemm.
+template <class T>
+void trmm_right_upper(index_t m, index_t n, const T* a, index_t lda, T* b, index_t ldb) {
+  const int mi = static_cast<int>(m);
+  const int ni = static_cast<int>(n);
+  const int ldai = static_cast<int>(lda);
+  const int ldbi = static_cast<int>(ldb);
+  const T one = 1;
+  if constexpr (sizeof(T) == 4) {
+    strmm_("R", "U", "N", "N", &mi, &ni, &one, a, &ldai, b, &ldbi);
+  } else {
+    dtrmm_("R", "U", "N", "N", &mi, &ni, &one, a, &ldai, b, &ldbi);
   }
 }
 
