@@ -281,35 +281,25 @@ TYPED_TEST(Ops, GramProductsAndReductionsSplitAndThreadCounts) {
     }
   }
 
-  // Y R over row panels of a 20000-row Y (64 Mflop: two pieces).
+  // Y R over row panels of a 20000-row Y (64 Mflop: two pieces), for a general
+  // R and an upper-triangular one (Cholesky QR's R^{-1}: the in-place trmm path).
   const index_t p = 40;
-  const Eigen::MatrixXd r = rounded<T>(gaussian(p, p, 27));
-  const host_matrix<T> rh = r.cast<T>();
+  const Eigen::MatrixXd full = rounded<T>(gaussian(p, p, 27));
+  const Eigen::MatrixXd upper = full.triangularView<Eigen::Upper>();
   const Eigen::MatrixXd y = rounded<T>(gaussian(20000, p, 28));
-  host_matrix<T> x1 = y.cast<T>();
-  host_matrix<T> x3 = y.cast<T>();
-  cpu_ops::multiply_right(one, lowrank::view(rh), lowrank::view(x1));
-  cpu_ops::multiply_right(three, lowrank::view(rh), lowrank::view(x3));
-  EXPECT_TRUE(same_bits(x1, x3));
-  // As in MultiplyRight: 2 (p + 2) eps |Y| |R|.
-  const Eigen::ArrayXXd residual = (x1.template cast<double>() - y * r).array().abs();
-  const Eigen::ArrayXXd rbound =
-      2.0 * double(p + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
-  EXPECT_TRUE((residual <= rbound).all()) << "max residual " << residual.maxCoeff();
-
-  // An upper-triangular R (Cholesky QR's R^{-1}) takes the in-place trmm
-  // path: the same bits whatever the threads, within the same bound.
-  const Eigen::MatrixXd ru = r.triangularView<Eigen::Upper>();
-  const host_matrix<T> ruh = ru.cast<T>();
-  host_matrix<T> u1 = y.cast<T>();
-  host_matrix<T> u3 = y.cast<T>();
-  cpu_ops::multiply_right(one, lowrank::view(ruh), lowrank::view(u1));
-  cpu_ops::multiply_right(three, lowrank::view(ruh), lowrank::view(u3));
-  EXPECT_TRUE(same_bits(u1, u3));
-  const Eigen::ArrayXXd uresidual = (u1.template cast<double>() - y * ru).array().abs();
-  const Eigen::ArrayXXd ubound =
-      2.0 * double(p + 2) * eps<T> * (y.cwiseAbs() * ru.cwiseAbs()).array();
-  EXPECT_TRUE((uresidual <= ubound).all()) << "max residual " << uresidual.maxCoeff();
+  for (const Eigen::MatrixXd& r : {full, upper}) {
+    const host_matrix<T> rh = r.cast<T>();
+    host_matrix<T> x1 = y.cast<T>();
+    host_matrix<T> x3 = y.cast<T>();
+    cpu_ops::multiply_right(one, lowrank::view(rh), lowrank::view(x1));
+    cpu_ops::multiply_right(three, lowrank::view(rh), lowrank::view(x3));
+    EXPECT_TRUE(same_bits(x1, x3));
+    // As in MultiplyRight: 2 (p + 2) eps |Y| |R|.
+    const Eigen::ArrayXXd residual = (x1.template cast<double>() - y * r).array().abs();
+    const Eigen::ArrayXXd rbound =
+        2.0 * double(p + 2) * eps<T> * (y.cwiseAbs() * r.cwiseAbs()).array();
+    EXPECT_TRUE((residual <= rbound).all()) << "max residual " << residual.maxCoeff();
+  }
 
   // squared_norm over column chunks: bitwise the same whatever the threads.
   const host_matrix<T> big = rounded<T>(gaussian(500, 400, 29)).template cast<T>();
