@@ -169,8 +169,8 @@ inline Eigen::MatrixXd checked_gram(const char* fn, const Eigen::MatrixXd& gram,
 template <class Derived>
 [[nodiscard]] gram_whitening whiten_gram(const Eigen::MatrixBase<Derived>& gram) {
   constexpr const char* fn = "lowrank::whiten_gram";
-  const Eigen::MatrixXd g =
-      detail::checked_gram(fn, gram.template cast<double>().eval(), gram.rows());
+  // A double matrix is read in place (cast to its own type is the matrix itself).
+  const Eigen::MatrixXd g = detail::checked_gram(fn, gram.template cast<double>(), gram.rows());
   if (g.rows() == 0)
     detail::throw_invalid_argument(fn, "gram", "a 0 x 0 matrix", "a non-empty Gram matrix");
   gram_whitening out;

@@ -41,9 +41,8 @@ template <class T>
 void gemm_piece(transpose ta, transpose tb, T alpha, matrix_view<const T, cpu> a,
                 matrix_view<const T, cpu> b, T beta, matrix_view<T, cpu> c) {
 #if defined(EIGEN_USE_BLAS)
-  constexpr index_t int_max = 2147483647;
   const index_t k = ta == transpose::no ? a.cols() : a.rows();
-  if (std::max({c.rows(), c.cols(), k, a.ld(), b.ld(), c.ld()}) <= int_max) {
+  if (std::max({c.rows(), c.cols(), k, a.ld(), b.ld(), c.ld()}) <= blas::int_max) {
     blas::gemm<T>(ta == transpose::yes, tb == transpose::yes, c.rows(), c.cols(), k, alpha,
                   a.data(), a.ld(), b.data(), b.ld(), beta, c.data(), c.ld());
     return;
@@ -176,15 +175,12 @@ struct cpu_core_ops {
     const index_t n = y.cols();
     LOWRANK_ASSERT(r.rows() == n && r.cols() == n);
 #if defined(EIGEN_USE_BLAS)
-    constexpr index_t int_max = 2147483647;
-    if (std::max({y.rows(), n, r.ld(), y.ld()}) <= int_max && is_upper_triangular<T>(r)) {
+    if (std::max({y.rows(), n, r.ld(), y.ld()}) <= blas::int_max && is_upper_triangular<T>(r)) {
       const index_t parts = blas_pieces(double(y.rows()) * double(n) * double(n), y.rows(), 0, 64);
       run_blas_tasks(ctx, parts, [&](index_t t) {
         const auto piece = part(y.rows(), parts, t);
         auto panel = y.middle_rows(piece.begin, piece.size);
-        if (piece.size > 0) {
-          blas::trmm_right_upper<T>(piece.size, n, r.data(), r.ld(), panel.data(), panel.ld());
-        }
+        blas::trmm_right_upper<T>(piece.size, n, r.data(), r.ld(), panel.data(), panel.ld());
       });
       return;
     }

@@ -23,6 +23,9 @@
 
 namespace lowrank::detail::blas {
 
+/// The largest dimension or leading dimension the BLAS's 32-bit INTEGER takes.
+inline constexpr index_t int_max = 2147483647;
+
 /// C = alpha op(A) op(B) + beta C through the BLAS (beta = 0 ignores C).
 /// The shapes are those of a view, so they fit the BLAS's 32-bit INTEGER
 /// unless a dimension exceeds 2^31 - 1 (then the caller uses Eigen).
