@@ -624,6 +624,17 @@ TYPED_TEST(Ops, SvdShapes) {
   }
 }
 
+TYPED_TEST(Ops, SvdGraded) {
+  using T = typename TestFixture::scalar_type;
+  // Singular values from 1 down to 1e-6 (the l x l factors of a randomized
+  // SVD on a fast-decaying spectrum), square, tall and wide.
+  Eigen::VectorXd graded(60);
+  for (index_t i = 0; i < 60; ++i) graded(i) = std::pow(10.0, -6.0 * double(i) / 59.0);
+  check_svd<T>(*this, rounded<T>(lowrank::test::make_matrix(graded, 60, 60, 16)), "graded 1e-6");
+  check_svd<T>(*this, rounded<T>(lowrank::test::make_matrix(graded, 90, 60, 17)), "graded tall");
+  check_svd<T>(*this, rounded<T>(lowrank::test::make_matrix(graded, 60, 90, 18)), "graded wide");
+}
+
 TYPED_TEST(Ops, SvdRankDeficient) {
   using T = typename TestFixture::scalar_type;
   // Rank 4 of min(30, 20) = 20, and a matrix with duplicate and zero columns.

@@ -73,12 +73,18 @@ void for_each_column(context<cpu>& ctx, index_t rows, index_t cols, index_t grai
 /// rows to keep OpenBLAS's kernels on full panels (16 pieces of a
 /// 2048 x 2048 x 74 product cost 20% more than 4); otherwise pieces of about
 /// 32 Mflop (a 2048 x 138 x 138 product runs fastest in 2 pieces, 25% slower
-/// in 8: each single-threaded call repacks and pays some 20 us).
+/// in 8: each single-threaded call repacks and pays some 20 us), but an
+/// operation of 8 Mflop or more in at least min(4, flops / 4 Mflop) pieces:
+/// the Cholesky QR products of a randomized SVD at l = 74 (11 to 22 Mflop) ran
+/// on one thread, and on a 2-core AVX2 EPYC 2 to 4 pieces take them a third
+/// faster (bench/README.md, "Smaller BLAS pieces").
 [[nodiscard]] inline index_t blas_pieces(double flops, index_t span, double shared,
                                          index_t most) noexcept {
   const bool large = shared >= double(1 << 17);
   const index_t by_span = std::max<index_t>(1, span / (large ? 512 : 32));
-  const index_t by_work = std::max<index_t>(1, static_cast<index_t>(flops / double(1 << 25)));
+  const auto by_work =
+      std::max({index_t{1}, static_cast<index_t>(flops / double(1 << 25)),
+                std::min<index_t>(4, static_cast<index_t>(flops / double(1 << 22)))});
   return std::clamp<index_t>(std::min(by_span, by_work), 1, most);
 }
 
