@@ -281,8 +281,9 @@ TYPED_TEST(Ops, GramProductsAndReductionsSplitAndThreadCounts) {
     }
   }
 
-  // Y R over row panels of a 20000-row Y (64 Mflop: two pieces), for a general
-  // R and an upper-triangular one (Cholesky QR's R^{-1}: the in-place trmm path).
+  // Y R over row panels of a 20000-row Y (64 Mflop, 32 in the trmm path: four
+  // pieces each), for a general R and an upper-triangular one (Cholesky QR's
+  // R^{-1}: the in-place trmm path).
   const index_t p = 40;
   const Eigen::MatrixXd full = rounded<T>(gaussian(p, p, 27));
   const Eigen::MatrixXd upper = full.triangularView<Eigen::Upper>();
