@@ -28,11 +28,7 @@
 #include <limits>
 #include <lowrank/io/detail/files.hpp>
 #include <lowrank/io/npy.hpp>
-#if LOWRANK_COMPARE_CUDA
-#include <lowrank/cuda.hpp>
-#else
 #include <lowrank/lowrank.hpp>
-#endif
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
@@ -48,6 +44,8 @@
 #if LOWRANK_COMPARE_HAVE_SPECTRA
 #include <Spectra/contrib/PartialSVDSolver.h>
 #endif
+
+#include "common.hpp"
 
 namespace {
 
@@ -221,10 +219,9 @@ struct result_row {
   std::optional<double> speedup;
 };
 
-template <class T>
-using dense = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-template <class T>
-using column = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+using lowrank_compare::column;
+using lowrank_compare::dense;
+using lowrank_compare::timed;
 
 /// CRC-32 (IEEE, as zlib.crc32) of the entries in column-major order as little-endian
 /// bytes: the name of the matrix that tools/compare_peers.py measured its rows on (it
@@ -407,22 +404,6 @@ void check_peers(const peers_file& p, const dense<T>& a, std::uint32_t crc, inde
   }
 }
 
-/// The best of up to `repeat` timings of f, which returns the factorisation;
-/// a method that takes more than a second runs once.
-template <class F>
-auto timed(int repeat, double& seconds, F&& f) {
-  using clock = std::chrono::steady_clock;
-  auto start = clock::now();
-  auto result = f();
-  seconds = std::chrono::duration<double>(clock::now() - start).count();
-  for (int r = 1; r < repeat && seconds < 1.0; ++r) {
-    start = clock::now();
-    result = f();
-    seconds = std::min(seconds, std::chrono::duration<double>(clock::now() - start).count());
-  }
-  return result;
-}
-
 /// The generated input: U diag(s) V^T with Haar-random U, V (orthonormalised
 /// Philox Gaussians) and s_i = i^(-1/2), the rank-ordered form of a power-law
 /// eigenvalue density with exponent 2, as measured on trained layers (Martin &
@@ -563,124 +544,27 @@ class comparison {
   }
 
 #if LOWRANK_COMPARE_CUDA
-  /// The GPU comparison: the exact SVD through lowrank's backend (its Jacobi
-  /// kernel for small matrices, cuSOLVER's syevd + QR in double for small
-  /// float ones, gesvd otherwise; the row names the route taken, from
-  /// context<cuda>::svd_report) and
-  /// randomized gesvdr against lowrank's randomized SVDs on the device. Each
-  /// time includes the stream's synchronisation; the factors are downloaded
-  /// (untimed) to measure them like the CPU rows.
+  /// The GPU rows (cuda_rows.cu), measured here as the CPU rows are.
   std::vector<result_row> run_cuda() {
-    using device_matrix = lowrank::matrix<T, lowrank::cuda>;
-    using device_vector = lowrank::vector<T, lowrank::cuda>;
-    const index_t k = o_.rank;
-    const index_t m = a_.rows();
-    const index_t n = a_.cols();
-    lowrank::context<lowrank::cuda> gpu;
-    const device_matrix a(gpu, a_);
-    int step = 0;
-    auto progress = [&](const char* what) {
-      std::fprintf(stderr, "[%d/4] %s ...\n", ++step, what);
-    };
-
-    if (!o_.skip_exact) {
-      progress("exact SVD (lowrank ops<cuda>::svd)");
-      attempt("exact: lowrank ops<cuda>::svd", [&] {
-        const index_t r = std::min(m, n);
-        device_matrix u(gpu, m, r);
-        device_matrix v(gpu, n, r);
-        device_vector s(gpu, r);
-        double seconds = 0;
-        timed(o_.repeat, seconds, [&] {
-          lowrank::ops<lowrank::cuda>::svd(gpu, a.view(), u.view(), s.view(), v.view());
-          gpu.synchronize();
-          return 0;
-        });
-        const column<T> hs = s.to_eigen();
-        if (!reference_) reference_ = hs.template cast<double>();
-        exact_seconds_ = seconds;
-        add(std::string("exact: ") + gpu.svd_report().method_name(), seconds,
-            u.to_eigen().leftCols(k), hs.head(k), v.to_eigen().leftCols(k));
-      });
-    } else {
-      ++step;
-    }
-
-    progress("cuSOLVER randomized gesvdr, p = 10, q = 2");
-    attempt("cuSOLVER gesvdr q=2", [&] {
-      const index_t p = std::min<index_t>(10, std::min(m, n) - k);
-      const index_t l = k + p;
-      constexpr cudaDataType type = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
-      device_matrix work(gpu, m, n);
-      device_matrix u(gpu, m, l);
-      device_matrix v(gpu, n, l);
-      device_vector s(gpu, l);
-      cusolverDnParams_t params = nullptr;
-      lowrank::detail::check(cusolverDnCreateParams(&params), "cusolverDnCreateParams");
-      std::size_t device_bytes = 0;
-      std::size_t host_bytes = 0;
-      lowrank::detail::check(
-          cusolverDnXgesvdr_bufferSize(gpu.solver(), params, 'S', 'S', m, n, k, p, 2, type,
-                                       work.data(), m, type, s.data(), type, u.data(), m, type,
-                                       v.data(), n, type, &device_bytes, &host_bytes),
-          "cusolverDnXgesvdr_bufferSize");
-      std::vector<char> host_work(std::max<std::size_t>(host_bytes, 1));
-      double seconds = 0;
-      timed(o_.repeat, seconds, [&] {
-        lowrank::ops<lowrank::cuda>::copy<T>(gpu, a.view(), work.view());  // gesvdr overwrites A
-        auto ws = gpu.workspace();
-        void* device_work = ws.take<std::byte>(device_bytes);
-        lowrank::detail::check(
-            cusolverDnXgesvdr(gpu.solver(), params, 'S', 'S', m, n, k, p, 2, type, work.data(), m,
-                              type, s.data(), type, u.data(), m, type, v.data(), n, type,
-                              device_work, device_bytes, host_work.data(), host_bytes, gpu.info()),
-            "cusolverDnXgesvdr");
-        gpu.synchronize();
-        return 0;
-      });
-      cusolverDnDestroyParams(params);
-      add("cuSOLVER gesvdr q=2", seconds, u.to_eigen().leftCols(k), s.to_eigen().head(k),
-          v.to_eigen().leftCols(k));
-    });
-
-    progress("lowrank::randomized_svd on the GPU, q = 0, 1, 2");
-    for (const index_t q : {0, 1, 2}) {
-      const std::string name = "lowrank randomized q=" + std::to_string(q);
-      attempt(name, [&] {
-        double seconds = 0;
-        const auto r = timed(o_.repeat, seconds, [&] {
-          auto f = lowrank::randomized_svd(gpu, a.view(), k,
-                                           {.oversampling = 10, .power_iterations = q});
-          gpu.synchronize();
-          return f;
-        });
-        add(name, seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
-      });
-    }
-    attempt("lowrank block Krylov", [&] {  // the defaults: b = k, 3 blocks
-      double seconds = 0;
-      const auto r = timed(o_.repeat, seconds, [&] {
-        auto f = lowrank::block_krylov_svd(gpu, a.view(), k);
-        gpu.synchronize();
-        return f;
-      });
-      add("lowrank block Krylov", seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
-    });
-
-    progress("lowrank::randomized_svd on the GPU, fixed accuracy");
-    const double tolerance = fixed_accuracy_tolerance(k);
-    char name[64];
-    std::snprintf(name, sizeof name, "lowrank tolerance %.3g", tolerance);
-    attempt(name, [&] {
-      double seconds = 0;
-      const auto r = timed(o_.repeat, seconds, [&] {
-        auto f = lowrank::randomized_svd(gpu, a.view(),
-                                         lowrank::fixed_accuracy{.relative_error = tolerance});
-        gpu.synchronize();
-        return f;
-      });
-      add(name, seconds, r.u.to_eigen(), r.s.to_eigen(), r.v.to_eigen());
-    });
+    struct sink final : lowrank_compare::cuda_sink<T> {
+      explicit sink(comparison& c) : c_(c) {}
+      void attempt(const std::string& method, const std::function<void()>& run) override {
+        c_.attempt(method, run);
+      }
+      void add(const std::string& method, double seconds, const dense<T>& u, const column<T>& s,
+               const dense<T>& v) override {
+        c_.add(method, seconds, u, s, v);
+      }
+      void set_exact(const column<T>& s, double seconds) override {
+        if (!c_.reference_) c_.reference_ = s.template cast<double>();
+        c_.exact_seconds_ = seconds;
+      }
+      [[nodiscard]] double fixed_accuracy_tolerance(index_t k) const override {
+        return c_.fixed_accuracy_tolerance(k);
+      }
+      comparison& c_;
+    } s(*this);
+    lowrank_compare::run_cuda<T>(a_, o_.rank, o_.repeat, o_.skip_exact, s);
     return rows_;
   }
 #endif
@@ -922,9 +806,7 @@ int compare(const dense<T>& a, const options& o, const std::string& input,
               long(a.cols()), std::is_same_v<T, float> ? "float32" : "float64", c.norm());
 #if LOWRANK_COMPARE_CUDA
   if (o.cuda) {
-    cudaDeviceProp properties{};
-    lowrank::detail::check(cudaGetDeviceProperties(&properties, 0), "cudaGetDeviceProperties");
-    std::printf("backend: cuda, device 0: %s\n", properties.name);
+    std::printf("backend: cuda, device 0: %s\n", lowrank_compare::cuda_device_name().c_str());
     const auto rows = c.run_cuda();
     print_table(rows);
     if (json != nullptr) write_results(*json, o, input, a, c.norm(), rows, std::nullopt);
