@@ -14,7 +14,7 @@
 #include "support/adapters.hpp"
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::dora_tests {
 namespace {
 
 template <class T>
@@ -243,4 +243,4 @@ TEST(dora, refuses_a_merged_lora) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::dora_tests

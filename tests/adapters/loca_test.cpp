@@ -23,7 +23,7 @@
 #include "support/adapters.hpp"
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::loca_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -727,4 +727,4 @@ TYPED_TEST(loca_test, matches_the_reference_fixture) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::loca_tests

@@ -42,7 +42,7 @@ void* operator new(std::size_t size) {
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
-namespace lowrank::test {
+namespace lowrank::test::lora_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -462,4 +462,4 @@ INSTANTIATE_TEST_SUITE_P(all, lora_gradients,
                                            lora_case{0.3, false, true}));
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::lora_tests

@@ -18,7 +18,7 @@
 #include "support/adapters.hpp"
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::multi_lora_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -502,4 +502,4 @@ TEST(shared_a_lora, rejects_bad_input_and_stays_unchanged) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::multi_lora_tests

@@ -17,7 +17,7 @@
 #include "support/adapters.hpp"
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::nola_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -494,4 +494,4 @@ TEST(nola, bad_input_throws_and_changes_nothing) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::nola_tests

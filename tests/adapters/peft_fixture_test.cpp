@@ -7,6 +7,8 @@
 // relative (Frobenius). In float, each output is a few dot products of
 // length <= 12 of O(1) values, so its error is a few float ulps of the
 // result's scale: 2e-6 relative (Frobenius) leaves a margin of ~5.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
@@ -23,7 +25,7 @@
 #include "lowrank/io/npy.hpp"
 #include "lowrank/io/peft.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::peft_fixture_tests {
 namespace {
 
 template <class T>
@@ -227,7 +229,8 @@ TEST(peft_saved, adapters_build_lowrank_layers) {
                             as_eigen(layer.b()),
                             {}});
   }
-  const auto dir = std::filesystem::temp_directory_path() / "lowrank_peft_fixture_roundtrip";
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("lowrank_peft_fixture_roundtrip_" + std::to_string(::getpid()));
   io::write_peft_adapter(dir, back);
   const auto again = io::read_peft_adapter<float>(dir);
   std::filesystem::remove_all(dir);
@@ -247,4 +250,4 @@ TEST(peft_saved, adapters_build_lowrank_layers) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::peft_fixture_tests

@@ -15,7 +15,7 @@
 #include "support/backends.hpp"
 #include "support/dct_reference.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::dct_tests {
 namespace {
 
 template <class Config>
@@ -309,4 +309,4 @@ TEST(dct_eigen, eigen_overloads_transform_and_invert) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::dct_tests

@@ -17,6 +17,7 @@
 #include "lowrank/io/safetensors.hpp"
 #include "lowrank/io/safetensors_writer.hpp"
 
+namespace checkpoint_io_tests {
 namespace {
 
 namespace io = lowrank::io;
@@ -311,3 +312,4 @@ TEST_F(checkpoint_io, MappedReadingKeepsResidentMemoryNearOneTensor) {
 }
 
 }  // namespace
+}  // namespace checkpoint_io_tests

@@ -23,6 +23,7 @@
 #error "LOWRANK_TEST_CHECKPOINT_FIXTURE_DIR must name tests/checkpoint/fixtures"
 #endif
 
+namespace checkpoint_compress_tests {
 namespace {
 
 using Eigen::MatrixXd;
@@ -476,3 +477,4 @@ TEST(checkpoint_compress, EoraCorrectsTheCompressionErrorInTheWhitenedNorm) {
 }
 
 }  // namespace
+}  // namespace checkpoint_compress_tests

@@ -25,6 +25,7 @@
 
 #ifdef LOWRANK_TEST_TOOLS_DIR
 
+namespace tools_tests {
 namespace {
 
 namespace fs = std::filesystem;
@@ -498,5 +499,6 @@ TEST_F(checkpoint_tools, RealMiniLmWhenPresent) {
 }
 
 }  // namespace
+}  // namespace tools_tests
 
 #endif  // LOWRANK_TEST_TOOLS_DIR

@@ -14,6 +14,7 @@
 #include "lowrank/core/error.hpp"
 #include "lowrank/core/matrix.hpp"
 
+namespace eigen_tests {
 namespace {
 
 using lowrank::cpu;
@@ -363,3 +364,4 @@ TEST(HostMatrix, ToEigenStealsTheBuffer) {
 }
 
 }  // namespace
+}  // namespace eigen_tests

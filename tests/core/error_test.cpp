@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+namespace error_tests {
 namespace {
 
 static_assert(std::is_base_of_v<std::invalid_argument, lowrank::invalid_argument>);
@@ -68,3 +69,4 @@ TEST(Error, NumericalErrorMessageFormat) {
 }
 
 }  // namespace
+}  // namespace error_tests

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <type_traits>
 
+namespace matrix_view_tests {
 namespace {
 
 using lowrank::cpu;
@@ -251,3 +252,4 @@ TEST(VectorView, ConversionToConst) {
 }
 
 }  // namespace
+}  // namespace matrix_view_tests

@@ -14,6 +14,7 @@
 #include "lowrank/lowrank.hpp"
 
 namespace lowrank {
+namespace workspace_tests {
 namespace {
 
 /// Host memory that counts what is live.
@@ -144,4 +145,5 @@ TEST(resources, a_context_makes_its_resources_from_itself) {
 }
 
 }  // namespace
+}  // namespace workspace_tests
 }  // namespace lowrank

@@ -17,7 +17,7 @@
 #include "support/decomp_cases.hpp"
 #include "support/test_matrices.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::block_krylov_tests {
 namespace {
 
 constexpr index_t k = 20;
@@ -396,4 +396,4 @@ TYPED_TEST(block_krylov_test, invalid_input_throws) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::block_krylov_tests

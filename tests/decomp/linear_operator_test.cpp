@@ -17,7 +17,7 @@
 #include "support/decomp_cases.hpp"
 #include "support/test_matrices.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::linear_operator_tests {
 namespace {
 
 /// counting_operator with a stated ||A||_F^2.
@@ -188,4 +188,4 @@ TYPED_TEST(linear_operator_test, non_finite_products_throw) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::linear_operator_tests

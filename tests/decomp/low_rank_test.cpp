@@ -5,7 +5,7 @@
 #include "lowrank/lowrank.hpp"
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::low_rank_tests {
 namespace {
 
 template <class Config>
@@ -48,4 +48,4 @@ TYPED_TEST(low_rank_test, members_move_into_eigen) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::low_rank_tests

@@ -10,7 +10,7 @@
 #include "support/backends.hpp"
 #include "support/test_matrices.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::orthonormalize_tests {
 namespace {
 
 template <class Config>
@@ -106,4 +106,4 @@ TYPED_TEST(orthonormalize_test, zero_block_uses_householder) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::orthonormalize_tests

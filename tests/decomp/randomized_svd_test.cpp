@@ -15,7 +15,7 @@
 #include "support/decomp_cases.hpp"
 #include "support/test_matrices.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::randomized_svd_tests {
 namespace {
 
 constexpr index_t k = 20;
@@ -382,4 +382,4 @@ TYPED_TEST(randomized_svd_test, extreme_scales) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::randomized_svd_tests

@@ -9,7 +9,7 @@
 #include "support/backends.hpp"
 #include "support/test_matrices.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::range_finder_tests {
 namespace {
 
 template <class Config>
@@ -62,4 +62,4 @@ TYPED_TEST(range_finder_test, invalid_input_throws) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::range_finder_tests

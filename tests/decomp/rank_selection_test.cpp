@@ -7,6 +7,7 @@
 #include "lowrank/lowrank.hpp"
 
 namespace lowrank {
+namespace rank_selection_tests {
 namespace {
 
 TEST(rank_selection, energy) {
@@ -50,4 +51,5 @@ TEST(rank_selection, invalid_input_throws) {
 }
 
 }  // namespace
+}  // namespace rank_selection_tests
 }  // namespace lowrank

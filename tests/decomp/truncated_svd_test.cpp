@@ -9,7 +9,7 @@
 #include "support/backends.hpp"
 #include "support/test_matrices.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::truncated_svd_tests {
 namespace {
 
 template <class Config>
@@ -90,4 +90,4 @@ TYPED_TEST(truncated_svd_test, invalid_input_throws) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::truncated_svd_tests

@@ -24,7 +24,7 @@
 #include "support/backends.hpp"
 #include "support/factors.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::channel_sparse_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -513,4 +513,4 @@ TYPED_TEST(channel_sparse_test, rejects_bad_input_and_leaves_the_layer_as_it_was
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::channel_sparse_tests

@@ -15,7 +15,7 @@
 #include "lowrank/factors/compress.hpp"
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::compress_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -164,4 +164,4 @@ TYPED_TEST(compress_test, rejects_bad_input) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::compress_tests

@@ -2,6 +2,8 @@
 // the support as indices or as a seed, the reference fixture read as SLTrain's
 // state dict (F64 tensors, an I64 sparse_index), integer tensors of every
 // width, and malformed files (nothing built, a clear error).
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
@@ -14,7 +16,7 @@
 #include "support/backends.hpp"
 #include "support/factors.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::sltrain_io_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -23,10 +25,19 @@ template <class Config>
 class sltrain_io_test : public backend_test<Config> {};
 TYPED_TEST_SUITE(sltrain_io_test, test_configs, config_names);
 
+/// A file in this process's scratch directory (its own: ctest may run tests
+/// in parallel processes), which is removed at exit.
 std::filesystem::path scratch(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / "lowrank_sltrain_io_test";
-  std::filesystem::create_directories(dir);
-  return dir / name;
+  static const struct directory {
+    std::filesystem::path path = std::filesystem::temp_directory_path() /
+                                 ("lowrank_sltrain_io_test_" + std::to_string(::getpid()));
+    directory() { std::filesystem::create_directories(path); }
+    ~directory() {
+      std::error_code ignored;
+      std::filesystem::remove_all(path, ignored);
+    }
+  } dir;
+  return dir.path / name;
 }
 
 TYPED_TEST(sltrain_io_test, round_trips_with_indices_and_with_a_seed) {
@@ -126,4 +137,4 @@ TEST(sltrain_io, malformed_files_build_nothing) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::sltrain_io_tests

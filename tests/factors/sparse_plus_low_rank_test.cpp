@@ -21,7 +21,7 @@
 #include "support/backends.hpp"
 #include "support/factors.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::sparse_plus_low_rank_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -656,4 +656,4 @@ TEST_F(factors_cuda_vs_cpu, layer_forward_and_backward_are_the_cpus) {
 #endif  // defined(__CUDACC__)
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::sparse_plus_low_rank_tests

@@ -24,6 +24,7 @@
 #include "lowrank/io/npy.hpp"
 #include "lowrank/io/safetensors.hpp"
 
+namespace files_tests {
 namespace {
 
 namespace fs = std::filesystem;
@@ -291,3 +292,4 @@ TEST_F(files_test, a_full_disk_keeps_the_previous_file) {
 }
 
 }  // namespace
+}  // namespace files_tests

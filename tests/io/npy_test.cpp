@@ -26,6 +26,7 @@
 #error "LOWRANK_TEST_FIXTURE_DIR must name tests/io/fixtures (a string literal)"
 #endif
 
+namespace npy_tests {
 namespace {
 
 namespace fs = std::filesystem;
@@ -652,3 +653,4 @@ TEST_F(npy_file_test, failed_write_keeps_the_existing_target) {
 }
 
 }  // namespace
+}  // namespace npy_tests

@@ -37,6 +37,7 @@
 #error "LOWRANK_TEST_ADAPTER_FIXTURE_DIR must name tests/adapters/fixtures (a string literal)"
 #endif
 
+namespace peft_tests {
 namespace {
 
 namespace fs = std::filesystem;
@@ -1332,3 +1333,4 @@ TEST(peft_update_test, keeps_other_files_modes_and_links) {
 }
 
 }  // namespace
+}  // namespace peft_tests

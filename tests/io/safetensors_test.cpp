@@ -31,6 +31,7 @@
 #error "LOWRANK_TEST_FIXTURE_DIR must name tests/io/fixtures (a string literal)"
 #endif
 
+namespace safetensors_tests {
 namespace {
 
 namespace fs = std::filesystem;
@@ -986,3 +987,4 @@ TEST_F(safetensors_file_test, special_files_are_refused_promptly) {
 }
 
 }  // namespace
+}  // namespace safetensors_tests

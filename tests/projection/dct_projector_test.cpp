@@ -3,6 +3,8 @@
 // tools/make_dct_fixtures.py, tests/basis/fixtures/README.md), the l2 rule
 // against brute force over r-subsets, R read out of the transform, stable
 // slots and 0/1 transitions, the optimizer with it, checkpoints, bad input.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
@@ -20,7 +22,7 @@
 #include "support/backends.hpp"
 #include "support/dct_reference.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::dct_projector_tests {
 namespace {
 
 template <class Config>
@@ -282,7 +284,7 @@ TYPED_TEST(dct_projector_test, projected_adam_steps_save_and_resume) {
     EXPECT_EQ(opt.step(ctx, 0, g.view()), step_outcome::applied);
   }
   const auto dir = std::filesystem::temp_directory_path();
-  const auto file = dir / ("lowrank_dct_adam_" + std::string(B::name) + ".safetensors");
+  const auto file = dir / ("lowrank_dct_adam_" + std::to_string(::getpid()) + ".safetensors");
   opt.save(ctx, file);
   auto w2 = to_backend<B>(ctx, host_matrix<T>(to_host(ctx, w).template cast<T>()));
   projected_adam<T, B> resumed(o);
@@ -343,4 +345,4 @@ TYPED_TEST(dct_projector_test, bad_options_are_refused) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::dct_projector_tests

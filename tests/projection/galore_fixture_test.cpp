@@ -16,7 +16,7 @@
 #include "lowrank/projection/projected_adam.hpp"
 #include "lowrank/projection/projector.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::galore_fixture_tests {
 namespace {
 
 using matf = Eigen::MatrixXf;
@@ -185,4 +185,4 @@ TEST(galore_fixtures, qgalore_lazy_schedule) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::galore_fixture_tests

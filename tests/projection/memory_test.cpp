@@ -42,7 +42,7 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
-namespace lowrank::test {
+namespace lowrank::test::memory_tests {
 namespace {
 
 using matf = Eigen::MatrixXf;
@@ -99,4 +99,4 @@ TEST(projection_memory, refresh_and_step_take_what_they_state) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::memory_tests

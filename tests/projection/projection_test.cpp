@@ -21,7 +21,7 @@
 #include "lowrank/projection/projected_adam.hpp"
 #include "lowrank/projection/projector.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::projection_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -1006,4 +1006,4 @@ TYPED_TEST(projection_cross_backend, training_agrees_with_the_cpu) {
 #endif  // __CUDACC__
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::projection_tests

@@ -27,6 +27,7 @@
 #include <Random123/philox.h>
 #endif
 
+namespace philox_tests {
 namespace {
 
 using lowrank::cpu;
@@ -650,3 +651,4 @@ TYPED_TEST(RandomTyped, OutOfRangeFillsThrow) {
 }
 
 }  // namespace
+}  // namespace philox_tests

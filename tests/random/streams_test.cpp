@@ -12,6 +12,7 @@
 #include "lowrank/lowrank.hpp"
 
 namespace lowrank {
+namespace streams_tests {
 namespace {
 
 // The adapters' four kinds: stream number layer << 34 | kind << 32 | index
@@ -72,4 +73,5 @@ TEST(streams, wider_kinds_get_keys_of_their_own) {
 }
 
 }  // namespace
+}  // namespace streams_tests
 }  // namespace lowrank

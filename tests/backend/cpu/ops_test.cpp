@@ -24,6 +24,7 @@
 #include "support/backends.hpp"
 #include "support/test_matrices.hpp"
 
+namespace ops_tests {
 namespace {
 
 using lowrank::distribution;
@@ -878,8 +879,6 @@ TYPED_TEST(Ops, FillRandomMatchesRandomElement) {
   EXPECT_TRUE(px.padding_is(quiet_nan<T>()));
 }
 
-}  // namespace
-
 // ----------------------------------------------------- DoRA's per-row arithmetic
 
 // The factored row norms of W + s B A against the rows of the dense sum: the
@@ -963,3 +962,6 @@ TYPED_TEST(Ops, DivideRoundsOnce) {
     EXPECT_NE(one(0), static_cast<float>(2.0 / 3.0) + 1.0f);
   }
 }
+
+}  // namespace
+}  // namespace ops_tests

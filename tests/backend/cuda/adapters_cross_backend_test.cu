@@ -26,7 +26,7 @@
 #include "lowrank/adapters/nola.hpp"
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::adapters_cross_backend_tests {
 namespace {
 
 template <class T>
@@ -483,4 +483,4 @@ TYPED_TEST(adapters_cross_backend, merge_and_unmerge_restore_the_weight_bit_for_
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::adapters_cross_backend_tests

@@ -22,7 +22,7 @@
 
 #include "support/backends.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::basis_cross_backend_tests {
 namespace {
 
 template <class T>
@@ -295,4 +295,4 @@ TYPED_TEST(basis_cross_backend, sampled_dots_and_abs_sums_match_the_cpu) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::basis_cross_backend_tests

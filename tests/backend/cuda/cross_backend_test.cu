@@ -14,7 +14,7 @@
 #include "support/backends.hpp"
 #include "support/test_matrices.hpp"
 
-namespace lowrank::test {
+namespace lowrank::test::cross_backend_tests {
 namespace {
 
 template <class T>
@@ -379,4 +379,4 @@ TEST(cuda_context, resources_and_workspace_frames) {
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::cross_backend_tests

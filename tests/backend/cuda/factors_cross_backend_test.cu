@@ -7,6 +7,8 @@
 // SLTrain layer.) Cases skip without a GPU (and fail under
 // LOWRANK_TEST_REQUIRE_DEVICE=1).
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
@@ -33,7 +35,7 @@ template void lowrank::io::save_sltrain(lowrank::context<lowrank::cuda>&,
                                         const lowrank::sparse_plus_low_rank<float, lowrank::cuda>&,
                                         const lowrank::io::sltrain_save_options&);
 
-namespace lowrank::test {
+namespace lowrank::test::factors_cross_backend_tests {
 namespace {
 
 using matd = Eigen::MatrixXd;
@@ -79,13 +81,15 @@ TEST_F(factors_algorithms_cuda_vs_cpu, lost_form_compression_and_state_dicts_agr
   EXPECT_EQ(rc.factor.support.flat_indices(c), rg.factor.support.flat_indices(g));
   EXPECT_NEAR(rc.residual, rg.residual, 1e-9);
   // An SLTrain state dict written from the CPU reads back on the GPU.
-  const auto file = std::filesystem::temp_directory_path() / "lowrank_factors_cuda.safetensors";
+  const auto file = std::filesystem::temp_directory_path() /
+                    ("lowrank_factors_cuda_" + std::to_string(::getpid()) + ".safetensors");
   sparse_plus_low_rank<double> layer(c, 12, 20, {.rank = 2, .alpha = 4, .density = 0.2});
   io::save_sltrain(c, file, layer, {.type = io::dtype::float64});
   auto back = io::load_sltrain<double, cuda>(g, file);
   EXPECT_EQ(back.support_copy(g).flat_indices(g), layer.support_copy(c).flat_indices(c));
   EXPECT_TRUE(host(g, as_const(back.a())) == host(c, as_const(layer.a())));
+  std::filesystem::remove(file);
 }
 
 }  // namespace
-}  // namespace lowrank::test
+}  // namespace lowrank::test::factors_cross_backend_tests
