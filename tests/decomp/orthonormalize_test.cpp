@@ -49,6 +49,46 @@ TYPED_TEST(orthonormalize_test, well_conditioned_uses_cholesky_qr) {
   EXPECT_LE(span_miss(y, q), 100 * eps<T>);
 }
 
+// CholQR2 stops after one pass where the backend estimates cond(Y) <= 2 (the
+// CPU; CUDA always runs both). With C taken, that one pass is the deferred
+// one: Y comes back as given and Y C is orthonormal; at cond 3 and above the
+// first pass is applied to Y and the second deferred. Either way Y C is as
+// orthonormal as two passes make it, and so is Q from the public function
+// (which applies every pass). Y is 2048 x 74, the shape of a randomized SVD's
+// final blocks at k = 64.
+TYPED_TEST(orthonormalize_test, second_pass_only_where_the_first_may_lose_orthogonality) {
+  using T = typename TypeParam::scalar;
+  using B = typename TypeParam::backend;
+  for (const double cond : {1.0, 1.5, 1.9, 3.0, 8.0}) {
+    const Eigen::MatrixXd y = conditioned(2048, 74, cond, 7);
+    const host_matrix<T> given = y.cast<T>();
+    context<B> ctx;
+    auto device_y = to_backend<B>(ctx, given);
+    matrix<double, B> c;
+    const orth_method method =
+        detail::orthonormalize<T, B>(ctx, device_y.view(), orth_accuracy::orthonormal, nullptr, &c);
+    EXPECT_EQ(method, orth_method::cholesky_qr) << cond;
+    ASSERT_EQ(c.rows(), 74) << cond;
+    const Eigen::MatrixXd returned = to_host(ctx, device_y);
+    const bool one_pass = returned == given.template cast<double>();
+    if (cond >= 3) {
+      EXPECT_FALSE(one_pass) << cond;
+    }
+    if (cond <= 1.9 && std::is_same_v<B, cpu>) {
+      EXPECT_TRUE(one_pass) << cond;
+    }
+    const Eigen::MatrixXd q = returned * to_host(ctx, c);
+    // The rounding floor of a Gram matrix of 2048 rows in T, which a second
+    // pass has too: 4 to 8 eps in the max norm, one pass or two, up to cond
+    // 2 (in float; one pass alone reaches 16 eps at cond 8.6, 74 at 30).
+    EXPECT_LE(orthonormality_error(q), 12 * eps<T>) << cond;
+    EXPECT_LE(span_miss(y, q), 100 * eps<T> * cond) << cond;
+    const auto [applied, public_method] = run<B, T>(y, orth_accuracy::orthonormal);
+    EXPECT_EQ(public_method, orth_method::cholesky_qr) << cond;
+    EXPECT_LE(orthonormality_error(applied), 12 * eps<T>) << cond;
+  }
+}
+
 // One pass (basis): a well-conditioned basis of the same span; its
 // orthogonality is about eps cond^2.
 TYPED_TEST(orthonormalize_test, basis_is_one_cholesky_qr_pass) {

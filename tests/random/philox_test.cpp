@@ -96,6 +96,37 @@ TEST(Philox, MatchesRandom123OnRandomInputs) {
 }
 #endif
 
+// The 16-block batch the CPU fills use (random_words_16): every path it may
+// take (AVX2 where this CPU has it, the portable loop) gives the words of
+// philox4x32_10, including counters whose low word wraps inside the batch and
+// streams and seeds with both halves set.
+TEST(Philox, SixteenBlockBatchesMatchTheBlockFunction) {
+  std::mt19937_64 engine(20261207u);
+  std::vector<std::uint64_t> firsts = {
+      0, 1, 8, 0xFFFFFFF0ull, 0xFFFFFFF8ull, 0xFFFFFFFFull, 0x1FFFFFFF9ull};
+  for (int t = 0; t < 200; ++t) firsts.push_back(engine());
+  for (const std::uint64_t block0 : firsts) {
+    const random_stream s{engine(), engine()};
+    const std::uint64_t col = engine() % 5 == 0 ? 0xFFFFFFFFull : engine() & 0xFFFFFFFFull;
+    std::uint32_t expected[4][16];
+    for (int t = 0; t < 16; ++t) {
+      const philox_counter w = lowrank::detail::random_words(s, block0 + std::uint64_t(t), col);
+      for (int v = 0; v < 4; ++v) expected[v][t] = w.v[v];
+    }
+    std::uint32_t out[4][16];
+    lowrank::detail::random_words_16(s, block0, col, out);
+    ASSERT_EQ(std::memcmp(out, expected, sizeof out), 0) << "dispatched, block0 " << block0;
+    lowrank::detail::random_words_16_portable(s, block0, col, out);
+    ASSERT_EQ(std::memcmp(out, expected, sizeof out), 0) << "portable, block0 " << block0;
+#if LOWRANK_PHILOX_AVX2
+    if (lowrank::detail::cpu_has_avx2()) {
+      lowrank::detail::random_words_16_avx2(s, block0, col, out);
+      ASSERT_EQ(std::memcmp(out, expected, sizeof out), 0) << "AVX2, block0 " << block0;
+    }
+#endif
+  }
+}
+
 // --------------------------------------------------------- random streams
 
 static_assert(random_stream{7, 3}.next().seed == 7 && random_stream{7, 3}.next().stream == 4);

@@ -48,7 +48,8 @@
 /// same as the randomized SVD with l = b and q = d - 1. Besides, block
 /// Gram-Schmidt costs about 5 m' L^2 + 12 m' L b flops and the final SVD
 /// about 8 n' L^2 + O(L^3). **Memory** besides the output: Q (m' x L) and
-/// B^T (n' x L) plus O(L^2).
+/// B^T (n' x L), from the context's workspace (kept for the next call), plus
+/// O(L^2).
 /// **Errors** and results as `randomized_svd`: the same scaling of data at
 /// the ends of T's range (decomp/detail/common.hpp), the same
 /// non-finite detection through the first product, the same sign convention,
@@ -232,8 +233,9 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
   const index_t d = std::min(requested, (small + b - 1) / b);
   const index_t l = std::min(d * b, small);
 
-  matrix<T, Backend> q(ctx, m.rows(), l);
-  matrix<T, Backend> bt(ctx, small, l);
+  auto ws = ctx.workspace();  // Q and B^T (detail::workspace_matrix)
+  const auto q = detail::workspace_matrix<T, Backend>(ws, m.rows(), l);
+  const auto bt = detail::workspace_matrix<T, Backend>(ws, small, l);
   matrix<T, Backend> w(ctx, l, b);
   matrix<T, Backend> gram;
   if (options.tolerance > 0) gram = matrix<T, Backend>(ctx, l, l);
@@ -241,24 +243,23 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
 
   // Y_0 = M Omega, Omega in the first block of B^T; the first product sets
   // M's scale and finds non-finite data (as for the randomized SVD).
-  detail::first_sketch(ctx, m, stream, bt.view().left_cols(b), q.view().left_cols(b), fn, 2);
+  detail::first_sketch(ctx, m, stream, bt.left_cols(b), q.left_cols(b), fn, 2);
 
   krylov_low_rank<T, Backend> result;
   double energy = 0;
   index_t built = 0;  // columns of Q (and B^T) so far
   for (index_t j = 0; j < d; ++j) {
     const index_t width = std::min(b, l - built);
-    auto yj = q.view().middle_cols(built, width);
-    auto zj = bt.view().middle_cols(built, width);
-    detail::orthogonalize_block(ctx, as_const(q.view().left_cols(built)), yj, w.view(), stream,
-                                built + b);
+    auto yj = q.middle_cols(built, width);
+    auto zj = bt.middle_cols(built, width);
+    detail::orthogonalize_block(ctx, as_const(q.left_cols(built)), yj, w.view(), stream, built + b);
     m.apply_transposed(ctx, as_const(yj), zj);  // Z_j = M^T Q_j
     built += width;
     result.blocks = j + 1;
     if (options.tolerance > 0) {
       const double previous = energy;
-      energy = detail::top_energy(ctx, as_const(bt.view().left_cols(built)), built - width,
-                                  gram.view(), k);
+      energy =
+          detail::top_energy(ctx, as_const(bt.left_cols(built)), built - width, gram.view(), k);
       if (j > 0 && built >= k && energy - previous <= options.tolerance * energy) break;
     }
     if (j + 1 < d) {
@@ -269,12 +270,12 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
       const T alpha =
           size > 0 ? T(std::ldexp(1.0, std::clamp(-std::ilogb(size), -limit, limit))) : T(1);
       const index_t next = std::min(b, l - built);  // the last block may be narrower
-      m.apply(ctx, as_const(zj.left_cols(next)), q.view().middle_cols(built, next), alpha);
+      m.apply(ctx, as_const(zj.left_cols(next)), q.middle_cols(built, next), alpha);
     }
   }
 
-  static_cast<low_rank<T, Backend>&>(result) = detail::svd_of_qb(
-      ctx, m.op, as_const(q.view().left_cols(built)), bt.view().left_cols(built), k);
+  static_cast<low_rank<T, Backend>&>(result) =
+      detail::svd_of_qb(ctx, m.op, as_const(q.left_cols(built)), bt.left_cols(built), k);
   detail::unscale_values(ctx, fn, m.scale, result.s.view());
   result.block_size = b;
   result.basis_size = built;

@@ -14,9 +14,12 @@
 /// 2q + 2 products with A or A^T (2 m n l flops each for a dense A) and q + 4
 /// Cholesky QR passes on max(m, n) x l or min(m, n) x l blocks (q in the
 /// range finder, once per power iteration; two for Q, two in tall_svd, the
-/// last of each folded into small matrices); the signs follow
+/// last of each folded into small matrices; q + 2 where the top l singular
+/// values are within a factor 2 of each other, as for a Gaussian matrix: one
+/// pass then orthonormalises as well as two, decomp/orthonormalize.hpp); the signs follow
 /// scikit-learn's svd_flip (the largest-magnitude entry of each column of U is positive). Memory
-/// besides the output: max(m,n) x l + min(m,n) x l + O(l^2) (no temporary exceeds max(m, n) x l).
+/// besides the output: max(m,n) x l + min(m,n) x l + O(l^2) (no temporary exceeds max(m, n) x l);
+/// the two blocks come from the context's workspace, which keeps them for the next call.
 /// Expected Frobenius error <= (1 + k/(p-1))^{1/2} times the Eckart-Young optimum for q = 0 (HMT
 /// Theorem 10.5); power iterations drive the error towards s_{k+1} at the rate (s_{k+1}/s_k)^{2q+1}
 /// (HMT Corollary 10.10); with the defaults (p = 10, q = 2) the tests hold it
@@ -154,13 +157,14 @@ requires backend_for<operator_backend_t<Op>, operator_value_t<Op>>
   auto m = detail::oriented<Op>::tall(a);
   // l = min(k + p, n), written so that a huge p cannot overflow.
   const index_t l = k + std::min(options.oversampling, m.cols() - k);
-  matrix<T, Backend> q(ctx, m.rows(), l);
-  matrix<T, Backend> z(ctx, m.cols(), l);
+  auto ws = ctx.workspace();  // Q and the sketch (detail::workspace_matrix)
+  const auto q = detail::workspace_matrix<T, Backend>(ws, m.rows(), l);
+  const auto z = detail::workspace_matrix<T, Backend>(ws, m.cols(), l);
   matrix<double, Backend> c;  // the deferred last pass: Q = Q1 C
   detail::subspace_iteration(ctx, m, random_stream{options.seed, options.stream},
-                             options.power_iterations, q.view(), z.view(), fn, &c);
-  m.apply_transposed(ctx, as_const(q.view()), z.view());  // B1^T = M^T Q1
-  auto result = detail::svd_of_qb(ctx, m.op, as_const(q.view()), z.view(), k, &c);
+                             options.power_iterations, q, z, fn, &c);
+  m.apply_transposed(ctx, as_const(q), z);  // B1^T = M^T Q1
+  auto result = detail::svd_of_qb(ctx, m.op, as_const(q), z, k, &c);
   detail::unscale_values(ctx, fn, m.scale, result.s.view());
   return result;
 }

@@ -30,7 +30,8 @@
 /// 1 <= l <= min(m, n).
 /// Cost: q + 1 products with A and q with A^T (2 m n l flops each for a
 /// dense A; an operator's own cost otherwise) and q + 2 Cholesky QR passes
-/// (q single ones on n x l blocks, two on Q; 3 rows l^2 flops each), plus q
+/// (q single ones on n x l blocks, two on Q, one where cond(Q) <= 2; 3 rows
+/// l^2 flops each), plus q
 /// on m x l blocks where the spectrum forces the fallback above.
 /// Memory: the output plus an n x l sketch.
 /// Guarantee (HMT Theorem 10.5 for q = 0, Corollary 10.10 for q > 0): with

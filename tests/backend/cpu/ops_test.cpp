@@ -402,6 +402,45 @@ TYPED_TEST(Ops, CholeskyFactorOfAGramMatrix) {
   }
 }
 
+// The condition estimate (asked for): kappa_2(R) = kappa_2(Y) from below,
+// within 10%, for Y = U diag(s) V^T with s spread geometrically (kappa 1 to
+// 3.5) or with one outlying value; a value above 4 wherever kappa is (here
+// kappa = 50); +infinity when not asked for.
+TYPED_TEST(Ops, CholeskyFactorEstimatesTheCondition) {
+  using T = typename TestFixture::scalar_type;
+  using ops = typename TestFixture::ops_type;
+  using backend = typename TestFixture::backend_type;
+  const index_t m = 600;
+  const index_t n = 40;
+  for (const double kappa : {1.0, 1.3, 2.0, 3.5, 50.0}) {
+    for (const bool outlier : {false, true}) {
+      Eigen::VectorXd s = Eigen::VectorXd::Ones(n);
+      for (index_t i = 0; i < n; ++i) {
+        s(i) = outlier ? (i == n / 2 ? 1 / kappa : 1.0) : std::pow(kappa, -double(i) / (n - 1));
+      }
+      const Eigen::MatrixXd y = lowrank::test::random_orthonormal(m, n, 31) * s.asDiagonal() *
+                                lowrank::test::random_orthonormal(n, n, 32).transpose();
+      const Eigen::MatrixXd g = rounded<T>(y.transpose() * y);
+      auto pg = this->pad(g);
+      padded<double, backend> pr(this->ctx, n, n, 0.0);
+      padded<double, backend> pri(this->ctx, n, n, 0.0);
+      const auto asked =
+          ops::cholesky_factor(this->ctx, pg.cview(), 0.0, pr.view(), pri.view(), true);
+      ASSERT_TRUE(asked.ok);
+      // G rounded to T moves kappa by about eps_T kappa^2 relative.
+      const double slack = 1 + 10 * eps<T> * kappa * kappa;
+      if (kappa <= 4) {
+        EXPECT_LE(asked.condition, kappa * slack) << kappa << " outlier " << outlier;
+        EXPECT_GE(asked.condition, 0.9 * kappa / slack) << kappa << " outlier " << outlier;
+      } else {
+        EXPECT_GT(asked.condition, 4.0) << kappa << " outlier " << outlier;
+      }
+      const auto plain = ops::cholesky_factor(this->ctx, pg.cview(), 0.0, pr.view(), pri.view());
+      EXPECT_EQ(plain.condition, std::numeric_limits<double>::infinity());
+    }
+  }
+}
+
 // An indefinite, a singular and a non-finite G: ok is false, the deviation
 // is still reported (except where it is not finite).
 TYPED_TEST(Ops, CholeskyFactorReportsBreakdown) {
@@ -827,19 +866,20 @@ TYPED_TEST(Ops, SignsOfLargest) {
   using T = typename TestFixture::scalar_type;
   using ops = typename TestFixture::ops_type;
   using backend = typename TestFixture::backend_type;
-  Eigen::MatrixXd x(3, 6);
-  x.col(0) << 1, -3, 2;          // negative largest: -1
-  x.col(1) << 3, -3, 0;          // tie, first positive: +1
-  x.col(2) << -3, 3, 1;          // tie, first negative: -1
-  x.col(3) << 0, 0, 0;           // zero column: +1
-  x.col(4) << 0.5, 0.25, 0.125;  // +1
-  x.col(5) << -0.0, 0.0, -0.0;   // signed zeros are a zero column: +1
+  Eigen::MatrixXd x(3, 7);
+  x.col(0) << 1, -3, 2;                    // negative largest: -1
+  x.col(1) << 3, -3, 0;                    // tie, first positive: +1
+  x.col(2) << -3, 3, 1;                    // tie, first negative: -1
+  x.col(3) << 0, 0, 0;                     // zero column: +1
+  x.col(4) << 0.5, 0.25, 0.125;            // +1
+  x.col(5) << -0.0, 0.0, -0.0;             // signed zeros are a zero column: +1
+  x.col(6) << quiet_nan<double>(), -3, 2;  // a NaN is passed over: -1
   // The padding around the view holds -1e30 (must not be seen).
   padded<T, backend> px(this->ctx, x, T(-1e30));
-  lowrank::vector<T, backend> out(this->ctx, 6);
+  lowrank::vector<T, backend> out(this->ctx, 7);
   ops::signs_of_largest(this->ctx, px.cview(), out.view());
-  Eigen::VectorXd expected(6);
-  expected << -1, 1, -1, 1, 1, 1;
+  Eigen::VectorXd expected(7);
+  expected << -1, 1, -1, 1, 1, 1, -1;
   EXPECT_EQ(lowrank::test::to_host(this->ctx, out), expected);
 }
 

@@ -213,11 +213,13 @@ struct cpu_core_ops {
   }
 
   /// The factor of one Cholesky QR pass (backend_for): G's lower triangle in
-  /// double, Eigen's LLT, R^{-1} by invert_upper.
+  /// double, Eigen's LLT, R^{-1} by invert_upper; kappa_2(R) by
+  /// condition_estimate when asked.
   template <scalar T>
   static cholesky_status cholesky_factor(context<cpu>& /*ctx*/, matrix_view<const T, cpu> g,
                                          double shift, matrix_view<double, cpu> r,
-                                         matrix_view<double, cpu> r_inv) {
+                                         matrix_view<double, cpu> r_inv,
+                                         bool estimate_condition = false) {
     const index_t n = g.rows();
     LOWRANK_ASSERT(g.cols() == n && r.rows() == n && r.cols() == n && r_inv.rows() == n &&
                    r_inv.cols() == n);
@@ -243,6 +245,9 @@ struct cpu_core_ops {
     // Y R^{-1} is formed in precision T: an entry of R^{-1} that overflows
     // there would turn Y into Inf.
     status.ok = upper.cwiseAbs().maxCoeff() < double(std::numeric_limits<T>::max());
+    if (status.ok && estimate_condition) {
+      status.condition = condition_estimate(as_eigen(as_const(r)), upper);
+    }
     return status;
   }
 
@@ -359,6 +364,7 @@ struct cpu_core_ops {
   /// infinity, 0 when empty.
   template <scalar T>
   static double max_abs(context<cpu>& ctx, matrix_view<const T, cpu> x) {
+    if (x.empty()) return 0;
     const index_t parts = column_parts(x.rows(), x.cols(), 65536);
     auto ws = ctx.workspace();  // no allocation once warm
     double* partial = ws.take<double>(static_cast<std::size_t>(parts));
@@ -367,16 +373,13 @@ struct cpu_core_ops {
       double largest = 0;
       for (index_t j = r.begin; j < r.begin + r.size; ++j) {
         const T* c = x.data() + j * x.ld();
-        // std::max drops a NaN; the sum of x * 0 is NaN exactly when a
-        // column holds a NaN or an infinity.
-        T m = 0;
-        T sum = 0;
-        for (index_t i = 0; i < x.rows(); ++i) {
-          m = std::max(m, std::abs(c[i]));
-          sum += c[i] * T(0);
-        }
-        largest = keep_nan_max(
-            largest, std::isnan(sum) ? std::numeric_limits<double>::quiet_NaN() : double(m));
+        // maxCoeff drops a NaN; the sum of x * 0 is NaN exactly when a column
+        // holds a NaN or an infinity. Both through Eigen's packets (neither
+        // depends on the order of the reduction).
+        const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> column(c, x.rows());
+        const bool finite = !std::isnan((column * T(0)).sum());
+        largest = keep_nan_max(largest, finite ? double(column.abs().maxCoeff())
+                                               : std::numeric_limits<double>::quiet_NaN());
       }
       partial[static_cast<std::size_t>(t)] = largest;
     });
@@ -432,10 +435,13 @@ struct cpu_core_ops {
     LOWRANK_ASSERT(out.size() == x.cols());
     for_each_column(ctx, x.rows(), x.cols(), 65536, [&](index_t j) {
       const T* c = x.data() + j * x.ld();
-      // The largest magnitude (a vectorised reduction), then its first
-      // occurrence (NaN never compares equal: such a column keeps +1).
-      T largest = 0;
-      for (index_t i = 0; i < x.rows(); ++i) largest = std::max(largest, std::abs(c[i]));
+      // The largest magnitude (through Eigen's packets; a NaN is passed
+      // over, as std::max would), then its first occurrence.
+      const T largest = x.rows() == 0
+                            ? T(0)
+                            : Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(c, x.rows())
+                                  .abs()
+                                  .template maxCoeff<Eigen::PropagateNumbers>();
       T sign = 1;
       for (index_t i = 0; i < x.rows(); ++i) {
         if (std::abs(c[i]) == largest) {
@@ -582,6 +588,37 @@ struct cpu_core_ops {
  private:
   /// R = R^{-1} for an upper-triangular R on the host (what lies below the
   /// diagonal is ignored and zeroed): LAPACK trtri when linked, Eigen otherwise.
+  /// cholesky_factor's estimate of kappa_2(R) for upper triangular R and its
+  /// inverse (a helper): the ratio of R's largest and smallest diagonal
+  /// entries, a lower bound, when it exceeds 4; otherwise ||R||_2 ||R^{-1}||_2
+  /// with each norm from 10 power iterations (on R^T R and R^{-1} R^{-T},
+  /// from a fixed start): from below, within 3-6% for tall Gaussian blocks,
+  /// a geometric spread or one outlying value at kappa 1.5-3.7; 4 n^2 flops
+  /// an iteration (about 30 us at n = 74).
+  static double condition_estimate(eigen_map<const double> r, const Eigen::MatrixXd& r_inv) {
+    const index_t n = r.rows();
+    const auto diagonal = r.diagonal().cwiseAbs();
+    const double lower = diagonal.maxCoeff() / diagonal.minCoeff();
+    if (!(lower <= 4)) return lower;
+    Eigen::VectorXd start(n);
+    for (index_t i = 0; i < n; ++i) start(i) = 1.0 + 1.0 / double(i + 2);
+    const auto norm = [&](const auto& m) {
+      Eigen::VectorXd v = start.normalized();
+      Eigen::VectorXd w(n);
+      double sigma = 0;
+      for (int it = 0; it < 10; ++it) {
+        w.noalias() = m * v;
+        sigma = w.norm();  // ||m v|| <= ||m||_2, increasing towards it
+        v.noalias() = m.transpose() * w;
+        const double size = v.norm();
+        if (!(size > 0) || !std::isfinite(size)) break;
+        v /= size;
+      }
+      return sigma;
+    };
+    return std::max(lower, norm(r) * norm(r_inv));
+  }
+
   /// cholesky_factor's inverse (a helper, not a backend operation).
   static void invert_upper(Eigen::MatrixXd& r) {
     const index_t n = r.rows();

@@ -125,7 +125,8 @@ struct cuda_core_ops {
   template <scalar T>
   static cholesky_status cholesky_factor(context<cuda>& ctx, matrix_view<const T, cuda> g,
                                          double shift, matrix_view<double, cuda> r,
-                                         matrix_view<double, cuda> r_inv) {
+                                         matrix_view<double, cuda> r_inv,
+                                         bool /*estimate_condition*/ = false) {
     namespace k = kernels;
     const char* fn = "lowrank::ops<cuda>::cholesky_factor";
     const index_t n = g.rows();

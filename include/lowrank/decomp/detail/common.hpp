@@ -36,6 +36,19 @@ namespace lowrank::detail {
 template <class Dependent>
 using host_context = context<std::conditional_t<sizeof(Dependent) != 0, cpu, void>>;
 
+/// A rows x cols block of the context's workspace frame `ws` (valid while
+/// the frame is open). The randomized SVDs keep their big temporaries (the
+/// sketch and the basis, max(m, n) x l each) there rather than in fresh
+/// matrices: the context keeps the memory, so repeated calls on one context
+/// do not map and fault in new pages each time (a fresh 600 KB block comes
+/// from the OS on every call: 0.8 ms of a 28 ms randomized SVD of a 2048^2
+/// float matrix at k = 64 on a 2-core EPYC).
+template <class T, class Backend, class Frame>
+[[nodiscard]] matrix_view<T, Backend> workspace_matrix(Frame& ws, index_t rows, index_t cols) {
+  return {ws.template take<T>(static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols)),
+          rows, cols};
+}
+
 /// The power of two c that brings a data size (a largest entry, an RMS:
 /// finite and > 0) to [1, 2) when it lies outside T's safe range, and 1 inside
 /// it (see the file comment). c is a normal number of T, so that multiplying
