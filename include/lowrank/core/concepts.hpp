@@ -30,8 +30,8 @@ concept scalar = std::same_as<T, float> || std::same_as<T, double>;
 struct cholesky_status {
   bool ok = false;       ///< R and R^{-1} were computed and are usable in T
   double deviation = 0;  ///< ||G - I||_F, in double
-  /// An estimate of kappa_2(R) (from below, to within a few percent), or
-  /// +infinity where the backend does not estimate it (CUDA).
+  /// An estimate of kappa_2(R) from below (to within a few percent up to 4;
+  /// above, any value over 4), or +infinity where it was not estimated.
   double condition = std::numeric_limits<double>::infinity();
 };
 
@@ -48,18 +48,18 @@ struct cholesky_status {
 /// - `svd(ctx, a, u, s, v)`: thin SVD A = U diag(s) V^T, A m x n, r = min(m, n),
 ///   U m x r, s r (descending, >= 0), V n x r; throws numerical_error if it
 ///   does not converge;
-/// - `cholesky_factor(ctx, g, shift, r, r_inv[, estimate_condition])`: the factor of one Cholesky
-/// QR
-///   pass (decomp/orthonormalize.hpp), computed in double from the lower
-///   triangle of G (n x n, element type T): R upper triangular with R^T R =
-///   G + shift tr(G) I, and R^{-1}, into r and r_inv (n x n, double, zero
-///   below the diagonal). Returns a `cholesky_status`: `deviation` =
-///   ||G - I||_F always; `condition`, when `estimate_condition` (default
-///   false) and ok: an estimate of kappa_2(R) whenever that is at most 4,
-///   any value above 4 otherwise (+infinity when not asked for; a backend
-///   may always leave it there: CUDA does); `ok` false (r, r_inv unspecified) when G is not
-///   finite, the factorisation breaks down, R's diagonal is not positive and
-///   finite, or an entry of R^{-1} would overflow in T;
+/// - `cholesky_factor(ctx, g, shift, r, r_inv[, estimate_condition])`: the
+///   factor of one Cholesky QR pass (decomp/orthonormalize.hpp), computed in
+///   double from the lower triangle of G (n x n, element type T): R upper
+///   triangular with R^T R = G + shift tr(G) I, and R^{-1}, into r and r_inv
+///   (n x n, double, zero below the diagonal). Returns a `cholesky_status`:
+///   `deviation` = ||G - I||_F always; `condition`, when `estimate_condition`
+///   (default false) and ok, an estimate of kappa_2(R) whenever that is at
+///   most 4 and any value above 4 otherwise (+infinity when not asked for; a
+///   backend may always leave it there, as CUDA does); `ok` false (r, r_inv
+///   unspecified) when G is not finite, the factorisation breaks down, R's
+///   diagonal is not positive and finite, or an entry of R^{-1} would
+///   overflow in T;
 /// - `convert(ctx, src, dst)`: dst = src rounded to dst's element type (float
 ///   or double, either way);
 /// - `fill_random(ctx, d, stream, x, row0, col0)`: X = the block at (row0,

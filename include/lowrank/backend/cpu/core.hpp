@@ -586,8 +586,6 @@ struct cpu_core_ops {
   }
 
  private:
-  /// R = R^{-1} for an upper-triangular R on the host (what lies below the
-  /// diagonal is ignored and zeroed): LAPACK trtri when linked, Eigen otherwise.
   /// cholesky_factor's estimate of kappa_2(R) for upper triangular R and its
   /// inverse (a helper): the ratio of R's largest and smallest diagonal
   /// entries, a lower bound, when it exceeds 4; otherwise ||R||_2 ||R^{-1}||_2
@@ -619,6 +617,8 @@ struct cpu_core_ops {
     return std::max(lower, norm(r) * norm(r_inv));
   }
 
+  /// R = R^{-1} for an upper-triangular R on the host (what lies below the
+  /// diagonal is ignored and zeroed): LAPACK trtri when linked, Eigen otherwise.
   /// cholesky_factor's inverse (a helper, not a backend operation).
   static void invert_upper(Eigen::MatrixXd& r) {
     const index_t n = r.rows();
