@@ -24,7 +24,9 @@
 ///   and float arithmetic, vectorised on the host (Eigen's packet math, always
 ///   through full packets, so every element takes the same path wherever it
 ///   lies in a fill); a device's float log / sin / cos may differ from the
-///   host's by a few ulp, never more;
+///   host's by a few ulp, never more, and so may a host build with FMA
+///   enabled (-mfma, -march=native) from one without: Eigen's packet math
+///   then fuses its multiply-adds;
 /// - rademacher: +1 or -1 with equal probability (the top bit of one word).
 ///
 /// Known-answer tests pin `philox4x32_10` to Random123's published vectors.
@@ -224,8 +226,9 @@ inline bool cpu_has_avx2() noexcept {
 
 /// random_words for the 16 consecutive blocks block0, ..., block0 + 15 of one
 /// column, as four arrays (word w of block block0 + t in out[w][t]): eight
-/// blocks at a time with AVX2 where the CPU has it (4x faster than the
-/// portable loop on a Zen 2 EPYC), the same words either way.
+/// blocks at a time with AVX2 where the CPU has it (the Philox part of a
+/// 2048 x 74 float Gaussian fill: 0.74 -> 0.13 ms on one core of a 2-core
+/// EPYC), the same words either way.
 inline void random_words_16(random_stream s, std::uint64_t block0, std::uint64_t col,
                             std::uint32_t (&out)[4][16]) noexcept {
 #if LOWRANK_PHILOX_AVX2
